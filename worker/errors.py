@@ -86,6 +86,7 @@ class DeliveryError(IngestError):
         self.retry_after_s = retry_after_s
         self.body_excerpt = body_excerpt
         self.headers = headers or {}
+        self.latency_ms: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """What a dead-letter entry and a log line keep of this error."""

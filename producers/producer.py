@@ -1,0 +1,167 @@
+"""The enqueue API: validate at the door, stamp an id and a UTC time, cap the size, LPUSH.
+
+One ``LPUSH`` of a pre-built Celery message per event (``worker.messages``): no kombu publish
+path, no per-call client construction. Safe after ``fork()``: redis-py's connection pool notices
+the new pid and opens fresh connections in the child.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import redis
+
+from worker.errors import InvalidEvent, PayloadTooLarge
+from worker.messages import EVENT_ID_RE, batch_message, event_message, make_envelope
+from worker.redis_conn import broker_unavailable, make_redis
+from worker.schemas import validate_event
+from worker.settings import Settings
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def check_event_id(event_id: str) -> str:
+    if not isinstance(event_id, str) or not EVENT_ID_RE.match(event_id):
+        raise InvalidEvent(
+            {"event_id": ["must be 1-128 characters of letters, digits, '.', '_', ':' or '-'"]}
+        )
+    return event_id
+
+
+class Producer:
+    """Enqueues events for the workers. Build one per process (or use ``enqueue_event``)."""
+
+    def __init__(self, settings: Settings | None = None, *, client: redis.Redis | None = None):
+        self.settings = settings or Settings.from_env()
+        self.queue = self.settings.queue
+        self.max_payload_bytes = self.settings.max_payload_bytes
+        self._redis = client or make_redis(self.settings)
+        self.spool = None
+        if self.settings.spool_dir:
+            from .spool import Spool  # optional: only when a spool directory is configured
+
+            self.spool = Spool.for_settings(self.settings, self._redis)
+
+    @property
+    def redis(self) -> redis.Redis:
+        return self._redis
+
+    def prepare(
+        self, payload: Mapping[str, Any], event_id: str | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """Validate and stamp one payload; return ``(event_id, envelope)``. No I/O."""
+        wire = validate_event(payload)
+        size = len(_dumps(wire).encode("utf-8"))
+        if size > self.max_payload_bytes:
+            raise PayloadTooLarge(size, self.max_payload_bytes)
+        if event_id is not None:
+            check_event_id(event_id)
+        envelope = make_envelope(wire, event_id)
+        return envelope["id"], envelope
+
+    def enqueue_event(self, payload: Mapping[str, Any], *, event_id: str | None = None) -> str:
+        """Validate, stamp and enqueue one event; return its event id.
+
+        Raises ``InvalidEvent`` (with ``.messages``) for a bad payload and ``BrokerUnavailable``
+        when Redis does not answer within ``VOUCHERIFY_REDIS_TIMEOUT_S`` (unless a spool is
+        configured, in which case the event is spooled to disk and the id returned).
+        """
+        event_id, envelope = self.prepare(payload, event_id)
+        self._push([event_message(envelope, self.queue)])
+        return event_id
+
+    def enqueue_events(
+        self,
+        payloads: Iterable[Mapping[str, Any]],
+        *,
+        event_ids: Iterable[str | None] | None = None,
+        batch_size: int = 0,
+    ) -> list[str]:
+        """Validate all, then enqueue all in one pipelined round trip; return the ids.
+
+        Nothing is enqueued when any payload is invalid (the error names the index).
+        ``batch_size > 1`` packs that many events per Celery message (for backfills).
+        """
+        payloads = list(payloads)
+        ids = list(event_ids) if event_ids is not None else [None] * len(payloads)
+        if len(ids) != len(payloads):
+            raise ValueError("event_ids must have one entry per payload")
+        envelopes = []
+        errors: dict[str, Any] = {}
+        for index, (payload, event_id) in enumerate(zip(payloads, ids, strict=True)):
+            try:
+                envelopes.append(self.prepare(payload, event_id)[1])
+            except InvalidEvent as exc:
+                errors[str(index)] = exc.messages
+        if errors:
+            raise InvalidEvent(errors)
+        self._push(self.messages_for(envelopes, batch_size))
+        return [e["id"] for e in envelopes]
+
+    def messages_for(self, envelopes: list[dict[str, Any]], batch_size: int = 0) -> list[str]:
+        if batch_size <= 1:
+            return [event_message(e, self.queue) for e in envelopes]
+        return [
+            batch_message(envelopes[i : i + batch_size], self.queue)
+            for i in range(0, len(envelopes), batch_size)
+        ]
+
+    def _push(self, messages: list[str]) -> None:
+        try:
+            if len(messages) == 1:
+                self._redis.lpush(self.queue, messages[0])
+            elif messages:
+                with self._redis.pipeline(transaction=False) as pipe:
+                    for start in range(0, len(messages), 1000):
+                        pipe.lpush(self.queue, *messages[start : start + 1000])
+                    pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if self.spool is not None:
+                self.spool.append(messages)
+                return
+            raise broker_unavailable(self.settings.redis_url, exc) from None
+
+    def queue_length(self) -> int:
+        try:
+            return int(self._redis.llen(self.queue))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise broker_unavailable(self.settings.redis_url, exc) from None
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+        self._redis.close()
+
+
+_default: Producer | None = None
+_default_lock = threading.Lock()
+
+
+def get_producer() -> Producer:
+    """The process-wide producer, built on first use from the environment."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = Producer()
+    return _default
+
+
+def set_producer(producer: Producer | None) -> None:
+    """Install (or clear, with ``None``) the producer ``enqueue_event`` uses."""
+    global _default
+    with _default_lock:
+        _default = producer
+
+
+def enqueue_event(payload: Mapping[str, Any], *, event_id: str | None = None) -> str:
+    """Enqueue one Voucherify custom event for delivery; return its event id."""
+    return get_producer().enqueue_event(payload, event_id=event_id)
+
+
+def enqueue_events(payloads: Iterable[Mapping[str, Any]], **kwargs: Any) -> list[str]:
+    """Enqueue many events in one round trip; return their ids."""
+    return get_producer().enqueue_events(payloads, **kwargs)

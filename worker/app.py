@@ -1,0 +1,94 @@
+"""The Celery app: JSON only, late acks, prefetch 1, no result backend.
+
+Built by :func:`create_app` from a ``Settings``; ``voucherify-ingest worker`` builds it from the
+environment. ``celery -A worker.app worker`` also works (the module-level ``app`` is built from
+the environment on first access).
+"""
+
+from __future__ import annotations
+
+import ssl
+from urllib.parse import parse_qs, urlsplit
+
+from celery import Celery, signals
+
+from .logs import configure_logging
+from .settings import Settings
+
+
+def broker_transport_options(settings: Settings) -> dict:
+    return {
+        # Only one attempt (plus a bounded rate-limit wait) runs while a message is unacked;
+        # retries wait acked in our delayed set. Settings.check_visibility_timeout proves it.
+        "visibility_timeout": settings.visibility_timeout_s,
+        # How often each worker looks for messages whose worker died (SIGKILL, OOM, power).
+        "unacked_restore_interval": settings.restore_interval_s,
+        "unacked_restore_throttle": 1,
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+        "health_check_interval": 25,
+    }
+
+
+def _broker_ssl(settings: Settings) -> dict | None:
+    """``rediss://`` without ``ssl_cert_reqs`` in the URL: verify certificates (safe default)."""
+    parts = urlsplit(settings.redis_url)
+    if parts.scheme != "rediss" or "ssl_cert_reqs" in parse_qs(parts.query):
+        return None
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+
+
+def create_app(settings: Settings) -> Celery:
+    app = Celery("voucherify_ingest", set_as_current=False)
+    app.conf.update(
+        broker_url=settings.redis_url,
+        broker_transport_options=broker_transport_options(settings),
+        broker_use_ssl=_broker_ssl(settings),
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        broker_pool_limit=max(10, settings.worker_concurrency + 2),
+        task_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        task_default_queue=settings.queue,
+        task_create_missing_queues=True,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+        enable_utc=True,
+    )
+    app.voucherify_settings = settings
+
+    from .tasks import register_tasks
+
+    register_tasks(app)
+    return app
+
+
+@signals.setup_logging.connect(weak=False)
+def _celery_logging(**_kwargs):
+    """Keep Celery from configuring logging: ours is set up by the entry point."""
+    return None
+
+
+class _LazyApp:
+    def __init__(self):
+        self._app: Celery | None = None
+
+    def __getattr__(self, name):
+        if self._app is None:
+            settings = Settings.from_env()
+            configure_logging(settings)
+            self._app = create_app(settings)
+        return getattr(self._app, name)
+
+
+app = _LazyApp()

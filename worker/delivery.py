@@ -1,0 +1,283 @@
+"""Delivering one event: the plain function behind the Celery tasks.
+
+For each envelope: check it, claim it in the ledger (a duplicate is skipped), take a slot from
+the shared rate limiter, POST it, and record the outcome in one pipelined round trip:
+delivered (ledger + counters), retry later (delayed set, full-jitter backoff), deferred (rate
+limit wait too long: delayed set, no attempt used) or dead-lettered (reason + what the API said).
+
+If the outcome cannot be written to Redis, :class:`OutcomeNotStored` is raised and the task
+must not ack the message: it comes back, and the ledger stops a second POST of what got through.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import redis
+import structlog
+
+from .backoff import backoff_delay
+from .client import VoucherifyClient
+from .delayed import DelayedQueue
+from .dlq import DeadLetterStore, make_entry
+from .errors import DeliveryError, InvalidEvent, QuotaExhausted, RateLimited
+from .keys import Keys
+from .ledger import ALREADY_DELIVERED, BUSY, DeliveryLedger
+from .messages import EVENT_ID_RE, event_message
+from .schemas import validate_event
+from .settings import Settings
+from .stats import StatsRecorder
+
+BUSY_RETRY_S = 2.0
+
+
+class OutcomeNotStored(Exception):
+    """Redis refused the outcome write: do not ack; the message must come back."""
+
+
+class Limiter(Protocol):
+    """What delivery needs from the shared rate limiter (``worker.ratelimit``)."""
+
+    def acquire(self, max_wait_s: float) -> tuple[bool, float]:
+        """``(True, wait)``: a slot is yours after sleeping ``wait``; ``(False, wait)``: none
+        within ``max_wait_s``, nothing was taken, try again in ``wait`` seconds."""
+
+    def on_rate_limited(self, retry_after_s: float | None) -> None:
+        """The API answered 429: every worker pauses (shared cool-down)."""
+
+    def observe(self, hints: Any) -> None:
+        """Rate-limit headers of a successful answer."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: str  # delivered | duplicate | retry | deferred | dead_lettered
+    event_id: str
+    detail: str = ""
+
+
+class Deliverer:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        redis_client: redis.Redis,
+        http: VoucherifyClient | None = None,
+        limiter: Limiter | None = None,
+        sleep=time.sleep,
+    ):
+        self.settings = settings
+        self.redis = redis_client
+        self.keys = Keys.from_settings(settings)
+        pool_size = max(8, settings.worker_concurrency)
+        self.http = http or VoucherifyClient(settings, pool_size=pool_size)
+        self.limiter = limiter
+        self.sleep = sleep
+        self.ledger = DeliveryLedger(
+            redis_client,
+            self.keys,
+            ttl_s=settings.ledger_ttl_s,
+            inflight_ttl_s=settings.max_attempt_duration_s + 5,
+        )
+        self.delayed = DelayedQueue(redis_client, self.keys)
+        self.dlq = DeadLetterStore(redis_client, self.keys)
+        self.stats = StatsRecorder(settings.key_prefix)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.log = structlog.get_logger("voucherify_ingest.delivery")
+
+    # -- entry points -------------------------------------------------------------------------
+
+    def handle(self, envelope: Any) -> Outcome:
+        """Deliver one envelope; never raises except :class:`OutcomeNotStored`."""
+        checked = self._check_envelope(envelope)
+        if isinstance(checked, Outcome):
+            return checked
+        event_id, payload, attempt = checked
+        return self._deliver(envelope, event_id, payload, attempt)
+
+    def handle_batch(self, envelopes: Any) -> list[Outcome]:
+        if not isinstance(envelopes, list):
+            return [self._dead_letter_invalid(envelopes, {"_schema": ["batch must be a list"]})]
+        return [self.handle(envelope) for envelope in envelopes]
+
+    # -- steps --------------------------------------------------------------------------------
+
+    def _check_envelope(self, envelope: Any) -> Outcome | tuple[str, dict, int]:
+        if not isinstance(envelope, dict):
+            return self._dead_letter_invalid(envelope, {"_schema": ["envelope must be an object"]})
+        event_id = envelope.get("id")
+        if not isinstance(event_id, str) or not EVENT_ID_RE.match(event_id):
+            return self._dead_letter_invalid(envelope, {"id": ["missing or malformed event id"]})
+        attempt = envelope.get("attempt", 0)
+        if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 0:
+            attempt = 0
+        try:
+            payload = validate_event(envelope.get("payload"))
+        except InvalidEvent as exc:
+            return self._dead_letter_invalid(envelope, exc.messages, event_id=event_id)
+        return event_id, payload, attempt
+
+    def _deliver(self, envelope: dict, event_id: str, payload: dict, attempt: int) -> Outcome:
+        log = self.log.bind(event_id=event_id, event_name=payload["event"], attempt=attempt + 1)
+        claim = self._redis_call(self.ledger.claim, event_id, self.owner)
+        if claim == ALREADY_DELIVERED:
+            self._store(lambda pipe: self.stats.record(pipe, {"duplicates_avoided": 1}))
+            log.info("delivery", outcome="duplicate_avoided")
+            return Outcome("duplicate", event_id)
+        if claim == BUSY:
+            self._store(lambda pipe: self._defer(pipe, envelope, BUSY_RETRY_S))
+            log.info("delivery", outcome="deferred", why="in_flight_elsewhere")
+            return Outcome("deferred", event_id, "in flight elsewhere")
+
+        if self.limiter is not None:
+            granted, wait_s = self._redis_call(
+                self.limiter.acquire, self.settings.rate_limit_max_wait_s
+            )
+            if not granted:
+                self._store(
+                    lambda pipe: (
+                        self.ledger.release(pipe, event_id),
+                        self._defer(pipe, envelope, wait_s),
+                        self.stats.record(pipe, {"deferred": 1}),
+                    )
+                )
+                log.info("delivery", outcome="deferred", why="rate_limit", wait_s=round(wait_s, 3))
+                return Outcome("deferred", event_id, "rate limit")
+            if wait_s > 0:
+                self.sleep(wait_s)
+
+        try:
+            result = self.http.send_event(payload, event_id)
+        except DeliveryError as exc:
+            return self._failed(log, envelope, event_id, payload, attempt + 1, exc)
+
+        if self.limiter is not None:
+            self.limiter.observe(result.hints)
+        self._store(
+            lambda pipe: (
+                self.ledger.mark_delivered(pipe, event_id),
+                self.stats.record(pipe, {"delivered": 1, "attempts": 1}, result.latency_ms),
+            ),
+            retries=5,
+        )
+        log.info(
+            "delivery",
+            outcome="delivered",
+            status=result.status,
+            latency_ms=round(result.latency_ms, 1),
+        )
+        return Outcome("delivered", event_id)
+
+    def _failed(
+        self, log, envelope: dict, event_id: str, payload: dict, attempt: int, exc: DeliveryError
+    ) -> Outcome:
+        latency = round(exc.latency_ms, 1) if exc.latency_ms is not None else None
+        counts = {"attempts": 1}
+        if exc.status == 429:
+            counts["http_429"] = 1
+        if isinstance(exc, RateLimited) and self.limiter is not None:
+            self._redis_call(self.limiter.on_rate_limited, exc.retry_after_s)
+        if exc.retryable and attempt <= self.settings.max_retries:
+            delay = backoff_delay(
+                attempt,
+                base_s=self.settings.backoff_base_s,
+                cap_s=self.settings.backoff_max_s,
+                retry_after_s=exc.retry_after_s,
+            )
+            retry_envelope = {**envelope, "attempt": attempt}
+            self._store(
+                lambda pipe: (
+                    self.ledger.release(pipe, event_id),
+                    self._defer(pipe, retry_envelope, delay),
+                    self.stats.record(pipe, {**counts, "retried": 1}),
+                )
+            )
+            log.warning(
+                "delivery", outcome="retry", status=exc.status, latency_ms=latency,
+                error=str(exc), retry_in_s=round(delay, 3),
+            )
+            return Outcome("retry", event_id, str(exc))
+
+        reason = exc.reason  # retries_exhausted | rejected | auth | quota_exhausted
+        entry = make_entry(
+            event_id=event_id, payload=payload, reason=reason, error=exc.as_dict(),
+            attempts=attempt, enqueued_at=envelope.get("enqueued_at"),
+        )
+        self._store(
+            lambda pipe: (
+                self.ledger.release(pipe, event_id),
+                self.stats.record(pipe, {**counts, f"dead_lettered:{reason}": 1}),
+            ),
+            dead_letter=entry,
+        )
+        level = log.error if isinstance(exc, QuotaExhausted) or reason == "auth" else log.warning
+        level(
+            "delivery", outcome="dead_lettered", reason=reason, status=exc.status,
+            latency_ms=latency, error=str(exc), request_id=exc.request_id,
+        )
+        if isinstance(exc, QuotaExhausted):
+            log.error(
+                "quota_exhausted",
+                message="Voucherify says the API quota for this billing cycle is used up; "
+                "events go to the dead-letter queue (reason quota_exhausted) until it resets. "
+                "Replay them with `voucherify-ingest dlq replay --reason quota_exhausted`.",
+            )
+        return Outcome("dead_lettered", event_id, reason)
+
+    def _dead_letter_invalid(
+        self, raw: Any, messages: dict, *, event_id: str | None = None
+    ) -> Outcome:
+        payload = raw.get("payload", raw) if isinstance(raw, dict) else raw
+        enqueued_at = raw.get("enqueued_at") if isinstance(raw, dict) else None
+        entry = make_entry(
+            event_id=event_id,
+            payload=payload,
+            reason="invalid",
+            error={"message": "invalid event", "details": str(messages)[:2000]},
+            attempts=0,
+            enqueued_at=enqueued_at if isinstance(enqueued_at, str) else None,
+        )
+        self._store(
+            lambda pipe: self.stats.record(pipe, {"dead_lettered:invalid": 1}), dead_letter=entry
+        )
+        self.log.warning(
+            "delivery", event_id=entry["id"], outcome="dead_lettered", reason="invalid",
+            fields=sorted(messages) if isinstance(messages, dict) else None,
+        )
+        return Outcome("dead_lettered", entry["id"], "invalid")
+
+    # -- Redis plumbing -----------------------------------------------------------------------
+
+    def _defer(self, pipe, envelope: dict, delay_s: float) -> None:
+        """Queue the SCHEDULE script on ``pipe``: the message waits in the delayed set."""
+        message = event_message(envelope, self.settings.queue)
+        self.delayed.schedule_on(pipe, message, delay_s)
+
+    def _store(self, fill, *, dead_letter: dict | None = None, retries: int = 2) -> None:
+        """Run one transaction of outcome writes; retry briefly; else raise OutcomeNotStored."""
+        last: Exception | None = None
+        for attempt in range(retries + 1):
+            try:
+                with self.redis.pipeline(transaction=True) as pipe:
+                    if dead_letter is not None:
+                        self.dlq.add(dead_letter, pipe)
+                    fill(pipe)
+                    pipe.execute()
+                return
+            except redis.RedisError as exc:
+                last = exc
+                self.sleep(min(2.0, 0.2 * 2**attempt))
+        self.log.error("outcome_not_stored", error=type(last).__name__)
+        raise OutcomeNotStored(type(last).__name__)
+
+    def _redis_call(self, fn, *args):
+        try:
+            return fn(*args)
+        except redis.RedisError as exc:
+            self.log.error("redis_unavailable", error=type(exc).__name__)
+            raise OutcomeNotStored(type(exc).__name__) from None

@@ -1,0 +1,59 @@
+"""The Redis key layout, in one place.
+
+Everything this project stores lives under ``{prefix}:`` (``VOUCHERIFY_KEY_PREFIX``, default
+``vi``) except the ingest queue itself, which is a plain Redis list named after the queue
+(``VOUCHERIFY_QUEUE``) because Celery's Redis transport consumes it by that name.
+
+=============================  ======  ===========================================================
+key                            type    what
+=============================  ======  ===========================================================
+``{queue}``                    list    the ingest queue (Celery/kombu messages, JSON)
+``{p}:delayed``                zset    messages waiting for a retry/backoff; score = due epoch s
+``{p}:dlq:entries``            hash    dead-letter id -> entry JSON
+``{p}:dlq:index``              zset    dead-letter id -> last-failed epoch s (listing by time)
+``{p}:dlq:reason:{reason}``    zset    the same, per reason (cheap filtered listing)
+``{p}:delivered:{event_id}``   string  delivery ledger: set after a 200, expires after the TTL
+``{p}:inflight:{event_id}``    string  a worker is sending this event now (short TTL)
+``{p}:rl:{hash}``              string  rate-limiter state (GCRA theoretical arrival time)
+``{p}:rl:{hash}:cooldown``     string  shared cool-down after a 429, until epoch ms
+``{p}:stats:*``                 -      counters (see worker/stats.py)
+=============================  ======  ===========================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str
+    queue: str
+
+    @property
+    def delayed(self) -> str:
+        return f"{self.prefix}:delayed"
+
+    @property
+    def dlq_entries(self) -> str:
+        return f"{self.prefix}:dlq:entries"
+
+    @property
+    def dlq_index(self) -> str:
+        return f"{self.prefix}:dlq:index"
+
+    def dlq_reason(self, reason: str) -> str:
+        return f"{self.prefix}:dlq:reason:{reason}"
+
+    def delivered(self, event_id: str) -> str:
+        return f"{self.prefix}:delivered:{event_id}"
+
+    def inflight(self, event_id: str) -> str:
+        return f"{self.prefix}:inflight:{event_id}"
+
+    def stats(self, name: str) -> str:
+        return f"{self.prefix}:stats:{name}"
+
+    @classmethod
+    def from_settings(cls, settings) -> Keys:
+        return cls(prefix=settings.key_prefix, queue=settings.queue)
