@@ -1,0 +1,94 @@
+"""Fixtures for end-to-end tests: the stand-in API, worker processes, a producer.
+
+    standin            function  a started ``worker.standin.StandIn`` (app "test-app")
+    pipeline_env       function  dict of env vars wiring Redis + namespace + stand-in
+    pipeline_settings  function  ``Settings`` built from ``pipeline_env``
+    producer           function  ``producers.Producer`` on those settings
+    start_worker       function  factory(**env_overrides, concurrency=4, pool="threads")
+                                 -> ManagedProcess of ``voucherify-ingest worker``, ready
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from producers import Producer
+from tests.support.procs import ManagedProcess
+from worker.settings import Settings
+from worker.standin import StandIn
+
+APP_ID = "test-app"
+APP_TOKEN = "test-token-s3cr3t-value"  # noqa: S105 - the stand-in's own credentials
+WORKER_READY_TIMEOUT_S = 30.0
+
+
+@pytest.fixture
+def standin() -> Iterator[StandIn]:
+    server = StandIn(APP_ID, APP_TOKEN).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def make_env(redis_url: str, namespace: str, api_url: str, **overrides: str) -> dict[str, str]:
+    env = {
+        "REDIS_URL": redis_url,
+        "VOUCHERIFY_API_URL": api_url,
+        "VOUCHERIFY_APP_ID": APP_ID,
+        "VOUCHERIFY_APP_TOKEN": APP_TOKEN,
+        "VOUCHERIFY_QUEUE": f"{namespace}-events",
+        "VOUCHERIFY_KEY_PREFIX": namespace,
+        "VOUCHERIFY_RATE_LIMIT": "off",
+        "VOUCHERIFY_BACKOFF_BASE_S": "0.2",
+        "VOUCHERIFY_BACKOFF_MAX_S": "1",
+        "VOUCHERIFY_READ_TIMEOUT_S": "2",
+        "VOUCHERIFY_CONNECT_TIMEOUT_S": "1",
+        "VOUCHERIFY_RATE_LIMIT_MAX_WAIT_S": "2",
+        "VOUCHERIFY_VISIBILITY_TIMEOUT_S": "20",
+        "VOUCHERIFY_RESTORE_INTERVAL_S": "1",
+        "VOUCHERIFY_LOG_FORMAT": "json",
+    }
+    env.update({k: str(v) for k, v in overrides.items()})
+    return env
+
+
+@pytest.fixture
+def pipeline_env(redis_url: str, namespace: str, standin: StandIn) -> dict[str, str]:
+    return make_env(redis_url, namespace, standin.url)
+
+
+@pytest.fixture
+def pipeline_settings(pipeline_env: dict[str, str]) -> Settings:
+    return Settings.from_env(pipeline_env)
+
+
+@pytest.fixture
+def producer(pipeline_settings: Settings) -> Iterator[Producer]:
+    instance = Producer(pipeline_settings)
+    try:
+        yield instance
+    finally:
+        instance.close()
+
+
+def worker_argv(concurrency: int = 4, pool: str = "threads") -> list[str]:
+    return [sys.executable, "-m", "worker.cli", "worker", "-c", str(concurrency), "-P", pool]
+
+
+@pytest.fixture
+def start_worker(
+    make_process: Callable[..., ManagedProcess], pipeline_env: dict[str, str]
+) -> Callable[..., ManagedProcess]:
+    def factory(*, concurrency: int = 4, pool: str = "threads", name: str | None = None,
+                wait: bool = True, **overrides: str) -> ManagedProcess:
+        env = {**pipeline_env, **{k: str(v) for k, v in overrides.items()}}
+        proc = make_process(worker_argv(concurrency, pool), env=env, name=name or "worker")
+        if wait:
+            proc.wait_for_output('"worker_ready"', timeout=WORKER_READY_TIMEOUT_S)
+        return proc
+
+    return factory
