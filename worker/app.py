@@ -24,6 +24,11 @@ def broker_transport_options(settings: Settings) -> dict:
         # How often each worker looks for messages whose worker died (SIGKILL, OOM, power).
         "unacked_restore_interval": settings.restore_interval_s,
         "unacked_restore_throttle": 1,
+        # kombu's bookkeeping of delivered-but-unacked messages, under our prefix so that two
+        # deployments sharing one Redis database never restore each other's messages.
+        "unacked_key": f"{settings.key_prefix}:unacked",
+        "unacked_index_key": f"{settings.key_prefix}:unacked_index",
+        "unacked_mutex_key": f"{settings.key_prefix}:unacked_mutex",
         "socket_connect_timeout": 5,
         "socket_keepalive": True,
         "health_check_interval": 25,

@@ -17,6 +17,9 @@ key                            type    what
 ``{p}:rl:{hash}``              string  rate-limiter state (GCRA theoretical arrival time)
 ``{p}:rl:{hash}:cooldown``     string  shared cool-down after a 429, until epoch ms
 ``{p}:stats:*``                 -      counters (see worker/stats.py)
+``{p}:workers``                zset    worker node -> last heartbeat epoch s
+``{p}:unacked``                hash    kombu: messages handed to a worker, not yet acked
+``{p}:unacked_index``          zset    kombu: the same by delivery time (visibility timeout)
 =============================  ======  ===========================================================
 """
 
@@ -50,6 +53,14 @@ class Keys:
 
     def inflight(self, event_id: str) -> str:
         return f"{self.prefix}:inflight:{event_id}"
+
+    @property
+    def unacked(self) -> str:
+        return f"{self.prefix}:unacked"
+
+    @property
+    def unacked_index(self) -> str:
+        return f"{self.prefix}:unacked_index"
 
     def stats(self, name: str) -> str:
         return f"{self.prefix}:stats:{name}"

@@ -97,3 +97,7 @@ def configure_logging(settings: Settings, *, stream=None) -> None:
     root.setLevel(settings.log_level.upper())
     for noisy in ("urllib3", "requests"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Celery's "Task ... received/succeeded" lines repeat our one line per delivery attempt
+    # (and cost CPU per message); its warnings and errors still come through.
+    logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
+    logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)
