@@ -7,6 +7,7 @@ enqueues sample events and shows them arrive.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -28,8 +29,6 @@ SAMPLE_EVENTS = [
 
 
 def _sample(n: int) -> dict:
-    import json
-
     template = json.dumps(SAMPLE_EVENTS[n % len(SAMPLE_EVENTS)])
     return json.loads(template.replace("{n}", str(n)))
 
@@ -95,8 +94,13 @@ def demo_command(count, real, timeout_s):
                 VOUCHERIFY_API_URL=standin.url, VOUCHERIFY_APP_ID="demo-app",
                 VOUCHERIFY_APP_TOKEN="demo-token",  # noqa: S106 - the stand-in's own VOUCHERIFY_RATE_LIMIT="50/s",
             )
-        env.setdefault("VOUCHERIFY_QUEUE", f"voucherify-demo-{os.getpid()}")
-        env.setdefault("VOUCHERIFY_KEY_PREFIX", f"videmo{os.getpid()}")
+        if "VOUCHERIFY_QUEUE" not in env and "VOUCHERIFY_KEY_PREFIX" not in env:
+            # A namespace of its own, removed afterwards: the demo leaves nothing behind.
+            env["VOUCHERIFY_QUEUE"] = f"voucherify-demo-{os.getpid()}"
+            env["VOUCHERIFY_KEY_PREFIX"] = f"voucherify-demo-{os.getpid()}"
+            cleanup.append(lambda: _forget_namespace(env["REDIS_URL"] if "REDIS_URL" in env
+                                                     else settings.redis_url,
+                                                     env["VOUCHERIFY_KEY_PREFIX"]))
         env["VOUCHERIFY_LOG_FORMAT"] = "json"
         demo_settings = Settings.from_env(env)
         worker = subprocess.Popen(
@@ -114,7 +118,7 @@ def demo_command(count, real, timeout_s):
         click.echo(f"[demo] delivered {delivered}/{count} events in {elapsed:.1f}s")
         if standin is not None:
             for record in standin.delivered()[:3]:
-                click.echo(f"  received {record.event_id}: {record.body}")
+                click.echo(f"  received {record.event_id}: {json.dumps(record.body)}")
         sys.exit(0 if delivered == count else EXIT_FAILURE)
     finally:
         for action in reversed(cleanup):
@@ -134,6 +138,18 @@ def _wait(settings, ids, standin, timeout_s, worker) -> int:
             if done == len(ids) or time.monotonic() > deadline or worker.poll() is not None:
                 return done
             time.sleep(0.2)
+    finally:
+        client.close()
+
+
+def _forget_namespace(url: str, namespace: str) -> None:
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    except redis.RedisError:
+        pass
     finally:
         client.close()
 
