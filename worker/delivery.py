@@ -47,7 +47,10 @@ class Limiter(Protocol):
         """``(True, wait)``: a slot is yours after sleeping ``wait``; ``(False, wait)``: none
         within ``max_wait_s``, nothing was taken, try again in ``wait`` seconds."""
 
-    def on_rate_limited(self, retry_after_s: float | None) -> None:
+    def paused_for(self) -> float:
+        """Seconds of shared cool-down left (a 429 elsewhere while we slept for our slot)."""
+
+    def on_rate_limited(self, retry_after_s: float | None, headers: Any = None) -> None:
         """The API answered 429: every worker pauses (shared cool-down)."""
 
     def observe(self, hints: Any) -> None:
@@ -135,10 +138,8 @@ class Deliverer:
             return Outcome("deferred", event_id, "in flight elsewhere")
 
         if self.limiter is not None:
-            granted, wait_s = self._redis_call(
-                self.limiter.acquire, self.settings.rate_limit_max_wait_s
-            )
-            if not granted:
+            wait_s = self._take_slot()
+            if wait_s is not None:
                 self._store(
                     lambda pipe: (
                         self.ledger.release(pipe, event_id),
@@ -148,8 +149,6 @@ class Deliverer:
                 )
                 log.info("delivery", outcome="deferred", why="rate_limit", wait_s=round(wait_s, 3))
                 return Outcome("deferred", event_id, "rate limit")
-            if wait_s > 0:
-                self.sleep(wait_s)
 
         try:
             result = self.http.send_event(payload, event_id)
@@ -173,6 +172,21 @@ class Deliverer:
         )
         return Outcome("delivered", event_id)
 
+    def _take_slot(self) -> float | None:
+        """Wait for a rate-limit slot: None when it is ours, else seconds to park the event."""
+        granted, wait_s = self._redis_call(
+            self.limiter.acquire, self.settings.rate_limit_max_wait_s
+        )
+        if not granted:
+            return wait_s
+        if wait_s > 0:
+            self.sleep(wait_s)
+            # A 429 seen by another worker while we slept: the slot is void, wait it out.
+            paused_s = self._redis_call(self.limiter.paused_for)
+            if paused_s > 0:
+                return paused_s
+        return None
+
     def _failed(
         self, log, envelope: dict, event_id: str, payload: dict, attempt: int, exc: DeliveryError
     ) -> Outcome:
@@ -181,7 +195,7 @@ class Deliverer:
         if exc.status == 429:
             counts["http_429"] = 1
         if isinstance(exc, RateLimited) and self.limiter is not None:
-            self._redis_call(self.limiter.on_rate_limited, exc.retry_after_s)
+            self._redis_call(self.limiter.on_rate_limited, exc.retry_after_s, exc.headers)
         if exc.retryable and attempt <= self.settings.max_retries:
             delay = backoff_delay(
                 attempt,

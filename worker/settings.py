@@ -186,6 +186,9 @@ class Settings:
             raise ConfigError("VOUCHERIFY_LOG_FORMAT must be auto, json or console")
         if self.backoff_max_s < self.backoff_base_s:
             raise ConfigError("VOUCHERIFY_BACKOFF_MAX_S must be >= VOUCHERIFY_BACKOFF_BASE_S")
+        from .ratelimit import parse_rate_limit  # its syntax lives with the limiter
+
+        parse_rate_limit(self.rate_limit)  # ConfigError naming VOUCHERIFY_RATE_LIMIT
 
     def require_credentials(self) -> None:
         """Raise :class:`ConfigError` naming each missing credential variable."""
@@ -224,13 +227,20 @@ class Settings:
         """The broker must not hand a message to a second worker while the first still works.
 
         Retries are parked in our own delayed set (the message is acked), so only one attempt
-        plus the bounded rate-limit wait run while a message is unacknowledged.
+        plus the bounded rate-limit wait run while a message is unacknowledged: the backoff cap
+        (``VOUCHERIFY_BACKOFF_MAX_S``) and a 429's ``Retry-After`` may be far longer than the
+        visibility timeout, but ``VOUCHERIFY_RATE_LIMIT_MAX_WAIT_S`` may not (a longer wait for
+        a slot parks the event instead). The factor 2 covers a prefetched message that waits
+        for a busy worker thread.
         """
         needed = 2 * self.max_attempt_duration_s + 5
         if self.visibility_timeout_s < needed:
             raise ConfigError(
                 f"VOUCHERIFY_VISIBILITY_TIMEOUT_S={self.visibility_timeout_s:g} is too short: "
                 f"one attempt may hold a message for {self.max_attempt_duration_s:g}s "
-                "(connect + read timeout + rate-limit wait), so it must be at least "
-                f"{needed:g}s or a live worker's message would be handed out twice"
+                "(VOUCHERIFY_CONNECT_TIMEOUT_S + VOUCHERIFY_READ_TIMEOUT_S + "
+                "VOUCHERIFY_RATE_LIMIT_MAX_WAIT_S), so it must be at least "
+                f"{needed:g}s or a live worker's message would be handed out twice; lower "
+                "VOUCHERIFY_RATE_LIMIT_MAX_WAIT_S or raise the visibility timeout "
+                "(VOUCHERIFY_BACKOFF_MAX_S does not count: retries wait acked)"
             )
