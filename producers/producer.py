@@ -8,13 +8,14 @@ the new pid and opens fresh connections in the child.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import redis
 
-from worker.errors import InvalidEvent, PayloadTooLarge
+from worker.errors import InvalidEvent, PayloadTooLarge, SpoolFull
 from worker.messages import EVENT_ID_RE, batch_message, event_message, make_envelope
 from worker.redis_conn import broker_unavailable, make_redis
 from worker.schemas import validate_event
@@ -67,7 +68,8 @@ class Producer:
 
         Raises ``InvalidEvent`` (with ``.messages``) for a bad payload and ``BrokerUnavailable``
         when Redis does not answer within ``VOUCHERIFY_REDIS_TIMEOUT_S`` (unless a spool is
-        configured, in which case the event is spooled to disk and the id returned).
+        configured, in which case the event is spooled to disk and the id returned, or
+        ``SpoolFull`` raised when the spool is at its cap).
         """
         event_id, envelope = self.prepare(payload, event_id)
         self._push([event_message(envelope, self.queue)])
@@ -110,6 +112,15 @@ class Producer:
         ]
 
     def _push(self, messages: list[str]) -> None:
+        spool = self.spool
+        if spool is not None and spool.pending:
+            # Redis failed a moment ago and the spool still holds events: keep their order and
+            # do not pay the Redis timeout again; the spool's thread drains it once Redis answers.
+            try:
+                spool.append(messages)
+                return
+            except SpoolFull:
+                pass  # Redis may be back already: try it before giving up
         try:
             if len(messages) == 1:
                 self._redis.lpush(self.queue, messages[0])
@@ -119,8 +130,8 @@ class Producer:
                         pipe.lpush(self.queue, *messages[start : start + 1000])
                     pipe.execute()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            if self.spool is not None:
-                self.spool.append(messages)
+            if spool is not None:
+                spool.append(messages)  # fsync'd, or SpoolFull: never a silent drop
                 return
             raise broker_unavailable(self.settings.redis_url, exc) from None
 
@@ -138,6 +149,15 @@ class Producer:
 
 _default: Producer | None = None
 _default_lock = threading.Lock()
+
+
+def _reset_default_lock_in_child() -> None:
+    # A fork while another thread held the lock would leave the child's copy locked forever.
+    global _default_lock
+    _default_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_default_lock_in_child)
 
 
 def get_producer() -> Producer:
