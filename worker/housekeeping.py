@@ -13,6 +13,7 @@ import redis
 import structlog
 
 from .delayed import DelayedQueue
+from .dlq import Retention
 from .keys import Keys
 from .redis_conn import make_redis
 from .settings import Settings
@@ -30,6 +31,7 @@ class Housekeeper(threading.Thread):
         self.client = make_redis(settings, timeout_s=5.0)
         self.delayed = DelayedQueue(self.client, Keys.from_settings(settings))
         self.stats = StatsRecorder(settings.key_prefix)
+        self.retention = Retention.from_settings(self.client, settings)  # None: keep all
         self._stop_event = threading.Event()
         self.log = structlog.get_logger("voucherify_ingest.housekeeping")
 
@@ -44,6 +46,8 @@ class Housekeeper(threading.Thread):
                 if now >= next_beat:
                     self.stats.heartbeat(self.client, self.node)
                     next_beat = now + HEARTBEAT_EVERY_S
+                if self.retention is not None:
+                    self.retention.maybe_run()  # logs how many dead letters it dropped
                 if failing:
                     self.log.info("redis_reachable_again")
                     failing = False
