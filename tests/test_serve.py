@@ -15,6 +15,7 @@ import re
 import secrets
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -414,6 +415,39 @@ def test_redis_down_gets_503_with_retry_after_never_200(make_process, private_re
         rclient.close()
     out = proc.output()
     assert '"serve_redis_unavailable"' in out and "Traceback" not in out
+
+
+def test_redis_down_with_a_spool_answers_200_only_after_fsync_then_drains_in_order(
+    make_process, private_redis, namespace, tmp_path
+):
+    spool_dir = tmp_path / "spool"
+    env = serve_env(private_redis.url, namespace, VOUCHERIFY_SPOOL_DIR=str(spool_dir))
+    proc = make_process(serve_argv(), env=env, name="serve-spool")
+    client = Client(wait_ready(proc))
+    private_redis.kill()
+    ids = []
+    for _ in range(4):
+        status, headers, body = client.post(EVENT)
+        assert status == 200, body
+        ids.append(headers["x-ingest-event-id"])
+    on_disk = b"".join(p.read_bytes() for p in spool_dir.rglob("*") if p.is_file())
+    assert all(event_id.encode() in on_disk for event_id in ids)
+
+    private_redis.restart()
+    rclient = private_redis.client()
+    try:
+        deadline = time.monotonic() + 30
+        while len(queued(rclient, namespace)) < len(ids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert [e["id"] for e in queued(rclient, namespace)] == ids
+        status, headers, _ = client.post(EVENT)
+        assert status == 200
+        deadline = time.monotonic() + 10
+        while len(queued(rclient, namespace)) < 5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [e["id"] for e in queued(rclient, namespace)][-1] == headers["x-ingest-event-id"]
+    finally:
+        rclient.close()
 
 
 # -- pure helpers ------------------------------------------------------------------------------

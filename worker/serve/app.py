@@ -9,11 +9,14 @@ Routes::
 A request to ``/v1/events`` passes, in order: method (405), credentials (401), the caller's
 rate limit (429), media type (415), body size (413), JSON syntax and depth (400), the event
 schema (400, or 413 for an event over ``VOUCHERIFY_MAX_PAYLOAD_BYTES``), then the ``LPUSH``
-(503 with ``Retry-After`` when Redis does not confirm it). 200 means the event is in Redis.
+(503 with ``Retry-After`` when Redis does not confirm it). 200 means the event is in Redis,
+or, when ``VOUCHERIFY_SPOOL_DIR`` is set, fsync'd in the producer's spool
+(``producers/spool.py``), which drains to Redis once it answers again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -22,7 +25,8 @@ import structlog
 
 from producers.producer import Producer
 
-from ..errors import InvalidEvent, PayloadTooLarge, format_messages
+from ..errors import BrokerUnavailable, InvalidEvent, PayloadTooLarge, SpoolFull, format_messages
+from ..redis_conn import make_redis
 from ..settings import Settings
 from .auth import Authenticator, CallerRateLimit
 from .body import BodyError, is_json_media_type, parse_json
@@ -69,10 +73,14 @@ class IngestApp:
     ):
         self.settings = settings
         self.auth = Authenticator(settings.ingest_credentials)
-        # Only prepare()/messages_for() are used: no spool (its disk writes would block the
-        # event loop; a down Redis is a 503 the caller retries), and no sync Redis client.
+        # Only prepare()/messages_for() are used: the LPUSH is ours (async, batched).
         self.producer = Producer(settings.replace(spool_dir=""), client=_NoSyncClient())
         self.pusher = pusher or BatchPusher(make_async_redis(settings), settings.queue)
+        self.spool = None
+        if settings.spool_dir:  # its fsync'd appends run in a thread, off the event loop
+            from producers.spool import Spool
+
+            self.spool = Spool.for_settings(settings, make_redis(settings))
         self.rate_limit = CallerRateLimit(rate_limit_per_s) if rate_limit_per_s else None
         self.max_body_bytes = settings.max_payload_bytes * BODY_SLACK_FACTOR
         self.log = structlog.get_logger("voucherify_ingest.serve")
@@ -103,6 +111,8 @@ class IngestApp:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.pusher.close()
+                if self.spool is not None:
+                    await asyncio.get_running_loop().run_in_executor(None, self.spool.close)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -153,10 +163,9 @@ class IngestApp:
         except InvalidEvent as exc:
             return _error(400, format_messages(exc.messages))
         message = self.producer.messages_for([envelope])[0]
-        try:
-            await self.pusher.push(message)
-        except (redis.RedisError, OSError) as exc:
-            return self._unavailable(exc)
+        error = await self._store(message)
+        if error is not None:
+            return self._unavailable(error)
         body = success_body(envelope["payload"])
         return 200, json_headers(body, (EVENT_ID_HEADER, envelope["id"].encode("ascii"))), body
 
@@ -177,6 +186,34 @@ class IngestApp:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _store(self, message: str) -> BaseException | None:
+        """LPUSH (or spool) ``message``; return the error when it was stored nowhere.
+
+        Like ``Producer._push``: while the spool holds events, new ones join it (their order
+        is kept and no Redis timeout is paid per request) until its thread has drained it.
+        """
+        spool = self.spool
+        loop = asyncio.get_running_loop()
+        if spool is not None and spool.pending:
+            try:
+                await loop.run_in_executor(None, spool.append, [message])
+                return None
+            except SpoolFull:
+                pass  # Redis may be back already: try it before giving up
+            except BrokerUnavailable as exc:  # the spool could not write
+                return exc
+        try:
+            await self.pusher.push(message)
+            return None
+        except (redis.RedisError, OSError) as exc:
+            if spool is None:
+                return exc
+        try:
+            await loop.run_in_executor(None, spool.append, [message])
+        except (SpoolFull, BrokerUnavailable) as exc:
+            return exc
+        return None
 
     def _unavailable(self, exc: BaseException) -> Response:
         self.unavailable += 1
