@@ -269,10 +269,9 @@ class Spool:
                 self.drain()
                 if not self.pending and self._adopt:
                     self._adopt_dead()
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except (redis.ConnectionError, redis.TimeoutError):
                 delay = min(delay * 2, self.probe_max_s) if failed else self.probe_min_s
-                failed = True
-                log.debug("spool_probe_failed", error=type(exc).__name__, next_s=delay)
+                failed = True  # logged once per outage by append(), not per probe
                 self._wake.set()
                 continue
             except Exception as exc:  # never let the drainer die: the events are on disk
