@@ -191,8 +191,7 @@ def test_cooldown_pauses_everyone_then_resumes_at_pace_without_burst(client, nam
     refused = other.reserve(max_wait_s=0.2)
     assert not refused.granted and refused.wait_s >= 0.45
     grants = [other.reserve(max_wait_s=2) for _ in range(6)]
-    end = grants[0].redis_now_s + grants[0].wait_s
-    assert end == pytest.approx(grants[0].redis_now_s + other.paused_for(), abs=0.01)
+    end = int(client.get(other.cooldown_key)) / 1e6  # epoch microseconds, Redis time
     # one probe at the end, then one slot per interval: the burst of 5 is not handed out
     for k, grant in enumerate(grants):
         assert _slot(grant) == pytest.approx(end + 0.05 * k, abs=2 * US)
@@ -278,6 +277,36 @@ def test_many_threads_on_two_connections_never_share_or_crowd_a_slot(redis_serve
     for window_s in (0.005, 0.02, 0.1, 0.5):
         worst = max(sum(1 for s in slots if a <= s < a + window_s - US) for a in slots)
         assert worst <= round(window_s * 200) + 4, (window_s, worst)
+
+
+def test_wait_for_slot_sleeps_once_and_sends(client, namespace):
+    limiter = _limiter(client, namespace, "20/s")
+    slept = []
+    assert limiter.wait_for_slot(1.0, sleep=slept.append) is None  # the first slot is now
+    assert slept == []
+    started = time.monotonic()
+    assert limiter.wait_for_slot(1.0) is None  # the real sleep
+    assert time.monotonic() - started == pytest.approx(0.05, abs=0.02)
+
+
+def test_a_slot_woken_too_late_for_is_left_unused(client, namespace):
+    limiter = _limiter(client, namespace, "20/s")
+    limiter.reserve(max_wait_s=0)
+    assert limiter.late_tolerance_s == pytest.approx(0.05)
+    stalled = lambda s: time.sleep(s + 0.12)  # noqa: E731 - the host stalls 120 ms
+    assert limiter.wait_for_slot(1.0, sleep=stalled) == 0.0  # park it, do not send it
+    slightly_late = lambda s: time.sleep(s + 0.01)  # noqa: E731
+    assert limiter.wait_for_slot(1.0, sleep=slightly_late) is None
+
+
+def test_wait_for_slot_parks_in_a_cooldown_or_beyond_the_bound(client, namespace):
+    limiter = _limiter(client, namespace, "2/s")
+    limiter.reserve(max_wait_s=0)
+    other = _limiter(client, namespace, "2/s")
+    park_s = limiter.wait_for_slot(1.0, sleep=lambda s: other.on_rate_limited(2.0))
+    assert park_s == pytest.approx(2.0, abs=0.05)  # the cool-down that began while we slept
+    park_s = limiter.wait_for_slot(0.1, sleep=pytest.fail)  # refused: no sleep at all
+    assert park_s > 1.9
 
 
 # -- feedback from X-Rate-Limit-Limit -----------------------------------------------------------

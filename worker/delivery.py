@@ -43,12 +43,9 @@ class OutcomeNotStored(Exception):
 class Limiter(Protocol):
     """What delivery needs from the shared rate limiter (``worker.ratelimit``)."""
 
-    def acquire(self, max_wait_s: float) -> tuple[bool, float]:
-        """``(True, wait)``: a slot is yours after sleeping ``wait``; ``(False, wait)``: none
-        within ``max_wait_s``, nothing was taken, try again in ``wait`` seconds."""
-
-    def paused_for(self) -> float:
-        """Seconds of shared cool-down left (a 429 elsewhere while we slept for our slot)."""
+    def wait_for_slot(self, max_wait_s: float, sleep) -> float | None:
+        """Sleep until this worker's slot (at most ``max_wait_s``) and return None: send now.
+        A number instead: do not send; park the event that many seconds (no retry used)."""
 
     def on_rate_limited(self, retry_after_s: float | None, headers: Any = None) -> None:
         """The API answered 429: every worker pauses (shared cool-down)."""
@@ -174,18 +171,9 @@ class Deliverer:
 
     def _take_slot(self) -> float | None:
         """Wait for a rate-limit slot: None when it is ours, else seconds to park the event."""
-        granted, wait_s = self._redis_call(
-            self.limiter.acquire, self.settings.rate_limit_max_wait_s
+        return self._redis_call(
+            self.limiter.wait_for_slot, self.settings.rate_limit_max_wait_s, self.sleep
         )
-        if not granted:
-            return wait_s
-        if wait_s > 0:
-            self.sleep(wait_s)
-            # A 429 seen by another worker while we slept: the slot is void, wait it out.
-            paused_s = self._redis_call(self.limiter.paused_for)
-            if paused_s > 0:
-                return paused_s
-        return None
 
     def _failed(
         self, log, envelope: dict, event_id: str, payload: dict, attempt: int, exc: DeliveryError

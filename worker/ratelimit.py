@@ -12,6 +12,9 @@ the Redis server (``TIME``), never from worker clocks, and the state is one numb
 - A 429 starts a shared cool-down (``on_rate_limited``): every worker's next slot is after it,
   workers that slept into it re-check before sending (``paused_for``), and after it sending
   resumes at the configured pace, one slot at a time (the first one is the probe).
+- A worker that wakes up too late for its slot (a stalled host) does not use it: sent late, it
+  would land on top of the next slots and crowd the API's window. ``wait_for_slot`` is the
+  whole dance: take, sleep, re-check, send or park.
 - ``observe`` may lower the pace when ``X-Rate-Limit-Limit`` says the plan is smaller.
 
 ``VOUCHERIFY_RATE_LIMIT``: ``100/min``, ``2000/min``, ``25/s``, ``100/hour``, with an optional
@@ -38,6 +41,7 @@ OFF_VALUES = {"", "off", "0", "none", "false", "no"}
 DEFAULT_COOLDOWN_S = 5.0  # a 429 that names no time: pause this long
 MAX_COOLDOWN_S = 3600.0  # never trust a header to pause us longer than the Sandbox hour
 MAX_BURST = 100_000
+MIN_LATE_TOLERANCE_S = 0.01
 
 _UNITS = {
     "s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0,
@@ -232,8 +236,8 @@ class RateLimiter:
         return Grant(bool(granted), int(wait_us) / 1e6, int(now_us) / 1e6)
 
     def acquire(self, max_wait_s: float) -> tuple[bool, float]:
-        """``(True, wait)``: sleep ``wait``, then send (call :meth:`paused_for` first if
-        ``wait > 0``). ``(False, park)``: nothing taken; park the event ``park`` seconds.
+        """``(True, wait)``: the slot is ``wait`` seconds away (:meth:`wait_for_slot` sleeps
+        and re-checks). ``(False, park)``: nothing taken; park the event ``park`` seconds.
 
         A parked event is told to come back half of ``max_wait_s`` before its place in line,
         so that its slot is then most likely within reach."""
@@ -246,6 +250,35 @@ class RateLimiter:
         """Seconds of shared cool-down left. Call it after sleeping for a slot: a 429 seen by
         another worker meanwhile means this slot must not be used."""
         return int(self._paused_for(keys=[self.cooldown_key])) / 1e6
+
+    @property
+    def late_tolerance_s(self) -> float:
+        """How late a sleeper may wake and still use its slot: one interval (at least 10 ms)."""
+        return max(self.limit.interval_s, MIN_LATE_TOLERANCE_S)
+
+    def wait_for_slot(self, max_wait_s: float, sleep=time.sleep) -> float | None:
+        """Take a slot and sleep until it: None means send now; a number means do not send,
+        park the event that many seconds (no slot within ``max_wait_s``, a cool-down began
+        while we slept, or we woke too late).
+
+        Waking late (a stalled host, CPU starvation, a GC pause) would send this slot on top of
+        the next ones and crowd the API's window, so a slot missed by more than
+        :attr:`late_tolerance_s` is left unused and the event parked for a fresh one."""
+        granted, wait_s = self.acquire(max_wait_s)
+        if not granted:
+            return wait_s
+        if wait_s <= 0:
+            return None
+        due = time.monotonic() + wait_s
+        sleep(wait_s)
+        paused_s = self.paused_for()
+        if paused_s > 0:
+            return paused_s
+        late_s = time.monotonic() - due
+        if late_s > self.late_tolerance_s:
+            self.log.info("rate_limit_slot_missed", late_s=round(late_s, 3))
+            return 0.0
+        return None
 
     # -- feedback from the API ----------------------------------------------------------------
 
