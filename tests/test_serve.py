@@ -11,12 +11,15 @@ import asyncio
 import base64
 import http.client
 import json
+import os
 import re
 import secrets
+import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -380,7 +383,15 @@ def test_two_worker_processes_share_the_port_and_stop_cleanly(
     assert {e["id"] for e in queued(redis_client, namespace)} == ids
     proc.wait_for_output(re.compile(r"(?s)startup complete.*startup complete"), timeout=10)
     assert proc.output().count('"event": "Started server process') == 2
-    proc.send_signal(15)
+    # A worker process that dies is replaced; the port keeps answering meanwhile.
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert len(children) == 2
+    os.kill(int(children[0]), signal.SIGKILL)
+    proc.wait_for_output('"serve_worker_died"', timeout=10)
+    assert all(client.post(EVENT)[0] == 200 for _ in range(10))
+    proc.wait_for_output(re.compile(r'(?s)("event": "Started server process.*){3}'), timeout=15)
+    assert client.post(EVENT)[0] == 200
+    proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
     assert '"serve_stopped"' in proc.output()
 
