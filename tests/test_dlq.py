@@ -6,6 +6,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import select
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -476,3 +481,58 @@ def test_index_members_left_without_an_entry_are_cleared_not_looped_over(dlq, re
     redis_client.zadd(keys.dlq_index, {f"ghost-{n}": T0 - 5 for n in range(10)})
     assert dlq.trim(max_len=3) == {"by_age": 0, "by_len": 2}
     assert dlq.count() == 3
+
+
+def test_counts_stay_exact_for_odd_entries_and_event_names_that_look_like_fields(dlq):
+    sly = _entry(1, reason="rejected", status=400, event='x","reason":"auth","status":401,')
+    reordered = {k: v for k, v in reversed(list(_entry(2, status=None).items()))}
+    texty = {**_entry(3), "status": "503"}
+    for entry in (sly, reordered, texty):
+        dlq.add(entry)
+        dlq.add(entry)  # overwriting must not count twice
+    assert dlq.stats()["by_reason_status"] == {"rejected": {"400": 1},
+                                               "retries_exhausted": {"none": 1, "503": 1}}
+    assert dlq.purge(reason="rejected") == 1
+    assert dlq.purge() == 2
+    stats = dlq.stats()
+    assert stats["by_reason_status"] == {} and stats["counts_exact"] and stats["total"] == 0
+
+
+def test_replay_shows_a_progress_bar_on_a_tty_only(dlq, redis_url, keys):
+    """Run the real command on a pseudo-terminal, then with pipes."""
+    _seed(dlq, [_entry(n) for n in range(40)])
+    env = {**os.environ, "REDIS_URL": redis_url, "VOUCHERIFY_KEY_PREFIX": keys.prefix,
+           "VOUCHERIFY_QUEUE": keys.queue, "VOUCHERIFY_LOG_FORMAT": "json"}
+    argv = [sys.executable, "-m", "worker.cli", "dlq", "replay", "--chunk-size", "10",
+            "--limit", "20"]
+    leader, follower = os.openpty()
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=follower,
+                            stderr=follower, start_new_session=True)
+    os.close(follower)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(leader, 4096)
+                except OSError:  # the terminal closed: the command is done
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            elif proc.poll() is not None:
+                break
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+        os.close(leader)
+    text = seen.decode(errors="replace")
+    assert "replaying" in text and "20/20" in text, text  # the bar, with its position
+    assert "replayed 20 dead letter(s)" in text
+    piped = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert piped.returncode == 0 and "replaying" not in piped.stderr + piped.stdout
+    assert dlq.count() == 0

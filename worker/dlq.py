@@ -45,28 +45,34 @@ PAGE_SIZE = 500
 TRIM_EVERY_S = 60.0
 TRIM_MAX_PER_RUN = 10_000
 
-# Shared by both scripts: the counts field of a stored entry ("reason|status").
-_FIELD_OF = """
-local function field_of(raw)
-  local ok, e = pcall(cjson.decode, raw)
-  if not ok or type(e) ~= 'table' then return nil end
-  local s = e['status']
-  if type(s) == 'number' then s = string.format('%d', s)
-  elseif type(s) ~= 'string' then s = 'none' end
-  return tostring(e['reason']) .. '|' .. s
+# Shared by both scripts: the reason and status of a stored entry, read with a pattern (make_entry
+# writes "reason" and "status" next to each other, before any caller-supplied text) and with a
+# full JSON decode only when that fails.
+_META = """
+local function meta(raw)
+  local reason, status = string.match(raw, '"reason":"([%w_]+)","status":(%w+),')
+  if reason == nil then
+    local ok, e = pcall(cjson.decode, raw)
+    if not ok or type(e) ~= 'table' then return nil, nil end
+    reason, status = tostring(e['reason']), e['status']
+    if type(status) == 'number' then status = string.format('%d', status)
+    elseif type(status) ~= 'string' then status = 'none' end
+  elseif status == 'null' then status = 'none' end
+  return reason, status
 end
-local function uncount(key, raw)
-  local f = field_of(raw)
-  if f and redis.call('HINCRBY', key, f, -1) <= 0 then redis.call('HDEL', key, f) end
+local function uncount(key, reason, status)
+  if reason == nil then return end
+  local f = reason .. '|' .. status
+  if redis.call('HINCRBY', key, f, -1) <= 0 then redis.call('HDEL', key, f) end
 end
 """
 
 # KEYS[1] entries  KEYS[2] index  KEYS[3] counts  KEYS[4] this reason's zset
 # KEYS[5..8] the other reasons' zsets
 # ARGV[1] id  ARGV[2] entry JSON  ARGV[3] score  ARGV[4] counts field ("reason|status")
-ADD_LUA = _FIELD_OF + """
+ADD_LUA = _META + """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
-if old then uncount(KEYS[3], old) end
+if old then uncount(KEYS[3], meta(old)) end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
@@ -82,24 +88,28 @@ return old and 1 or 0
 #         caller read it is left for next time
 # ARGV[3] n   ARGV[4..3+n] ids   ARGV[4+n..3+2n] messages (push only)
 # Returns the ids removed; an id no longer stored (replayed or purged by someone else) is skipped.
-REMOVE_LUA = _FIELD_OF + """
+REMOVE_LUA = _META + """
+local REASON_KEY = {""" + ", ".join(f"{r}={5 + i}" for i, r in enumerate(REASONS)) + """}
 local mode, top, n, done = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), {}
-local function unindex(id)
+local function unindex(id, reason)
   redis.call('ZREM', KEYS[2], id)
-  for k = 5, #KEYS do redis.call('ZREM', KEYS[k], id) end
+  local k = REASON_KEY[reason]
+  if k then redis.call('ZREM', KEYS[k], id) return end
+  for j = 5, #KEYS do redis.call('ZREM', KEYS[j], id) end
 end
 for i = 1, n do
   local id = ARGV[3 + i]
   local raw = redis.call('HGET', KEYS[1], id)
   if not raw then
-    unindex(id)
+    unindex(id, nil)
   elseif mode ~= 'orphans' then
     local score = tonumber(redis.call('ZSCORE', KEYS[2], id))
     if top == nil or score == nil or score <= top then
       if mode == 'push' then redis.call('LPUSH', KEYS[4], ARGV[3 + n + i]) end
       redis.call('HDEL', KEYS[1], id)
-      uncount(KEYS[3], raw)
-      unindex(id)
+      local reason, status = meta(raw)
+      uncount(KEYS[3], reason, status)
+      unindex(id, reason)
       done[#done + 1] = id
     end
   end

@@ -310,7 +310,8 @@ def replay_command(reason, status, event_name, since, until, ids, limit, dry_run
     with _queue() as (dlq, settings):
         bar = None
         if sys.stderr.isatty() and not as_json and not dry_run:
-            total = dlq.matching(**filters)
+            cheap = {k: v for k, v in filters.items() if k not in ("status", "event")}
+            total = dlq.matching(**cheap)  # an upper bound without reading entries
             bar = click.progressbar(length=min(total, limit or total), label="replaying",
                                     file=sys.stderr, show_pos=True)
         with bar if bar is not None else contextlib.nullcontext():
