@@ -28,6 +28,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import IO, Any
@@ -549,24 +550,48 @@ class DeadLetterQueue:
         result = ReplayResult(dry_run=dry_run)
         started = time.monotonic()
 
+        moved = 0
+
+        def settle(ids: list[str], pending: Future) -> None:
+            nonlocal moved
+            done = pending.result()
+            result.replayed += len(done)
+            result.gone += len(ids) - len(done)
+            moved += len(ids)
+            if on_progress is not None:
+                on_progress(len(ids))
+            if rate_per_s > 0:
+                ahead = moved / rate_per_s - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+
         def act(rows):
             result.matched += len(rows)
             if dry_run:
                 result.sample_ids.extend(r[0] for r in rows[: max(0, 100 - len(result.sample_ids))])
                 return []
-            ids = [r[0] for r in rows]
-            done = self._remove_ids(ids, [self.message_for(r[2]) for r in rows], top=flt.until)
-            result.replayed += len(done)
-            result.gone += len(ids) - len(done)
-            if on_progress is not None:
-                on_progress(len(ids))
-            if rate_per_s > 0:
-                ahead = result.matched / rate_per_s - (time.monotonic() - started)
-                if ahead > 0:
-                    time.sleep(ahead)
-            return ids  # none of them is in the index any more, whoever took them
+            # One chunk's script runs while the next chunk's messages are built; scripts run
+            # one at a time, in order, and the page is finished before the next is read.
+            previous = None
+            for start in range(0, len(rows), chunk_size):
+                part = rows[start:start + chunk_size]
+                ids = [r[0] for r in part]
+                messages = [self.message_for(r[2]) for r in part]
+                current = (ids, mover.submit(self._remove_ids, ids, messages, top=flt.until))
+                if previous is not None:
+                    settle(*previous)
+                previous = current
+            if previous is not None:
+                settle(*previous)
+            return [r[0] for r in rows]  # none of them is in the index any more, whoever took them
 
-        self._run(flt, act, limit, chunk_size, load=True)
+        chunk_size = max(1, int(chunk_size))
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlq-replay") as mover:
+            if flt.ids:
+                self._by_ids(flt, act, limit, chunk_size * 4)
+            else:
+                self._walk(flt, act, newest_first=False, limit=limit, page_size=chunk_size * 4,
+                           load=True)
         return result
 
     def purge(self, *, limit: int | None = None, chunk_size: int = 1000, **filters) -> int:
@@ -585,12 +610,12 @@ class DeadLetterQueue:
         self._run(flt, act, limit, chunk_size)
         return deleted
 
-    def _run(self, flt: DeadLetterFilter, act, limit, chunk_size: int, load: bool = False) -> None:
+    def _run(self, flt: DeadLetterFilter, act, limit, chunk_size: int) -> None:
         chunk_size = max(1, int(chunk_size))
         if flt.ids:
             self._by_ids(flt, act, limit, chunk_size)
         else:
-            self._walk(flt, act, newest_first=False, limit=limit, page_size=chunk_size, load=load)
+            self._walk(flt, act, newest_first=False, limit=limit, page_size=chunk_size)
 
     def trim(self, *, max_age_s: float = 0, max_len: int = 0, now_s: float | None = None,
              max_drop: int | None = None) -> dict[str, int]:
