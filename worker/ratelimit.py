@@ -253,32 +253,37 @@ class RateLimiter:
 
     @property
     def late_tolerance_s(self) -> float:
-        """How late a sleeper may wake and still use its slot: one interval (at least 10 ms)."""
-        return max(self.limit.interval_s, MIN_LATE_TOLERANCE_S)
+        """How late a sleeper may wake and still use its slot: half the burst's worth of
+        intervals (at least 10 ms). Late sends crowd a window by at most the burst, which the
+        limit allows anyway; the other half is left for the way from here to the wire."""
+        return max(self.limit.interval_s * self.limit.burst / 2, MIN_LATE_TOLERANCE_S)
 
     def wait_for_slot(self, max_wait_s: float, sleep=time.sleep) -> float | None:
         """Take a slot and sleep until it: None means send now; a number means do not send,
-        park the event that many seconds (no slot within ``max_wait_s``, a cool-down began
-        while we slept, or we woke too late).
+        park the event that many seconds (no slot within ``max_wait_s``, or a cool-down began
+        while we slept).
 
         Waking late (a stalled host, CPU starvation, a GC pause) would send this slot on top of
         the next ones and crowd the API's window, so a slot missed by more than
-        :attr:`late_tolerance_s` is left unused and the event parked for a fresh one."""
-        granted, wait_s = self.acquire(max_wait_s)
-        if not granted:
-            return wait_s
-        if wait_s <= 0:
-            return None
-        due = time.monotonic() + wait_s
-        sleep(wait_s)
-        paused_s = self.paused_for()
-        if paused_s > 0:
-            return paused_s
-        late_s = time.monotonic() - due
-        if late_s > self.late_tolerance_s:
+        :attr:`late_tolerance_s` is left unused and a fresh one taken within what is left of
+        ``max_wait_s`` (the message stays unacknowledged no longer than that bound)."""
+        budget_s = max_wait_s
+        while True:
+            grant = self.reserve(budget_s)
+            if not grant.granted:
+                return max(0.0, grant.wait_s - max_wait_s / 2)
+            if grant.wait_s <= 0:
+                return None
+            due = time.monotonic() + grant.wait_s
+            sleep(grant.wait_s)
+            paused_s = self.paused_for()
+            if paused_s > 0:
+                return paused_s
+            late_s = time.monotonic() - due
+            if late_s <= self.late_tolerance_s:
+                return None
             self.log.info("rate_limit_slot_missed", late_s=round(late_s, 3))
-            return 0.0
-        return None
+            budget_s = max(0.0, budget_s - grant.wait_s - late_s)
 
     # -- feedback from the API ----------------------------------------------------------------
 
