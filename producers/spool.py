@@ -5,7 +5,7 @@ did not answer within ``VOUCHERIFY_REDIS_TIMEOUT_S``), the ready-built Celery me
 the spool and the caller gets its event id. From then on, while the spool holds anything, every
 enqueue goes straight to the spool (a circuit breaker: no Redis call, so no timeout paid per
 request, and the order of events is kept); a daemon thread probes Redis with backoff (0.5 s,
-doubling to 5 s) and drains the spool when it answers. A full spool raises ``SpoolFull``:
+doubling to 2 s) and drains the spool when it answers. A full spool raises ``SpoolFull``:
 never a silent drop. File layout and locking: ``producers/spool_files.py``.
 
 Appends go to the newest segment file and are fsync'd before the call returns. To drain, the
@@ -53,7 +53,7 @@ from .spool_files import (
 )
 
 PROBE_MIN_S = 0.5
-PROBE_MAX_S = 5.0
+PROBE_MAX_S = 2.0
 CLOSE_DRAIN_S = 2.0
 
 log = structlog.get_logger("voucherify_ingest.spool")

@@ -35,6 +35,7 @@ import redis
 FORMAT = "voucherify-spool/1"
 CHUNK_RECORDS = 1000
 CHUNK_BYTES = 1 << 20
+READ_BLOCK = 1 << 20
 
 
 def redis_target(url: str) -> str:
@@ -107,17 +108,21 @@ class SegmentReader:
             if kind != "ok":
                 return  # flush_dead decides what to do with such a file
             self.header = header
-            if start > fh.tell():
-                fh.seek(start)
-            for line in fh:
-                if not line.endswith(b"\n"):
-                    self.torn += 1  # the writer died mid-append: never acknowledged
-                    break
-                crc, _, message = line[:-1].partition(b" ")
-                if len(crc) == 8 and crc == b"%08x" % zlib.crc32(message):
-                    yield fh.tell(), message
-                else:
-                    self.corrupt.append(line)
+            offset = max(start, fh.tell())
+            fh.seek(offset)
+            rest = b""
+            while block := fh.read(READ_BLOCK):
+                lines = (rest + block).split(b"\n")
+                rest = lines.pop()
+                for line in lines:
+                    offset += len(line) + 1
+                    crc, _, message = line.partition(b" ")
+                    if len(crc) == 8 and crc == b"%08x" % zlib.crc32(message):
+                        yield offset, message
+                    else:
+                        self.corrupt.append(line + b"\n")
+            if rest:
+                self.torn += 1  # the writer died mid-append: never acknowledged
 
 
 @dataclass

@@ -313,6 +313,21 @@ def test_cli_refuses_a_spool_written_for_another_redis(private_redis, namespace,
     client.close()
 
 
+def test_cli_flush_with_redis_down_fails_clearly_and_keeps_the_files(
+    make_redis_server, namespace, spool_dir
+):
+    secret = "spool-s3cret-pw"
+    server = make_redis_server(password=secret)
+    server.kill()
+    ids = _dead_child_spool(server, namespace, spool_dir, 2)
+    env = {"REDIS_URL": server.url, "VOUCHERIFY_SPOOL_DIR": str(spool_dir)}
+    failed = _cli("spool", "flush", env=env)
+    assert failed.returncode == 1
+    assert "did not answer" in failed.stderr
+    assert secret not in failed.stdout + failed.stderr
+    assert _disk_ids(spool_dir) == ids
+
+
 def test_a_new_producer_adopts_what_a_dead_process_left(
     private_redis, namespace, spool_dir, make_producer
 ):
@@ -361,8 +376,10 @@ def test_a_drain_repeated_after_a_crash_is_delivered_once_by_a_real_worker(
     private_redis.start()
     _wait(lambda: not producer.spool.pending, 15, "the spool to drain")
     env = {"REDIS_URL": private_redis.url, "VOUCHERIFY_SPOOL_DIR": str(spool_dir)}
+    # The CLI or the producer's own thread (which adopts dead owners' spools) pushes the copy.
     assert _cli("spool", "flush", env=env).returncode == 0
     client = private_redis.client()
+    _wait(lambda: client.llen(producer.queue) == 40, 15, "the copy to be pushed")
     assert sorted(_queued_ids(client, producer.queue)) == sorted(ids * 2)
 
     worker_env = make_env(private_redis.url, namespace, standin.url)

@@ -123,7 +123,12 @@ def django_setup(tmp_path_factory):
     import django
     from django.core.management import call_command
 
-    django.setup()
+    try:
+        django.setup()  # reads the settings now, once for this process
+    finally:
+        # Child processes (Celery workers in other tests) must not inherit them: Celery would
+        # try to load this Django project.
+        del os.environ["DJANGO_SETTINGS_MODULE"], os.environ["DJANGO_APP_DB"]
     call_command("migrate", run_syncdb=True, verbosity=0)
     from django_app.models import Order
 
