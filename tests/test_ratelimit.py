@@ -11,6 +11,7 @@ import time
 
 import fakeredis
 import pytest
+import redis
 from structlog.testing import capture_logs
 
 from worker import ratelimit
@@ -371,6 +372,26 @@ def test_observe_leaves_larger_plans_and_per_second_limits_alone(client, namespa
     per_hour.observe(RateHints(limit=50))
     assert (str(per_minute.limit), str(per_second.limit)) == ("100/min", "20/s")
     assert str(per_hour.limit) == "50/hour"
+
+
+def test_observe_pauses_everyone_when_the_api_budget_is_spent(client, namespace):
+    limiter = _limiter(client, namespace, "20/s")
+    limiter.observe(RateHints(remaining=3, retry_at_epoch_s=time.time() + 5))
+    limiter.observe(RateHints(remaining=0))  # no time given: nothing to go by
+    assert limiter.paused_for() == 0
+    limiter.observe(RateHints(remaining=0, retry_at_epoch_s=time.time() + 2))
+    assert limiter.paused_for() == pytest.approx(2.0, abs=0.1)
+
+
+def test_observe_never_raises_when_redis_is_gone(redis_server, namespace):
+    client = redis_server.client()
+    limiter = _limiter(client, namespace, "20/s")
+    client.connection_pool.disconnect()
+    client.connection_pool.connection_kwargs["port"] = 1  # nothing listens there
+    with pytest.raises(redis.RedisError):  # Redis is really unreachable for this client
+        limiter.paused_for()
+    limiter.observe(RateHints(remaining=0, retry_at_epoch_s=time.time() + 2))
+    client.close()
 
 
 # -- the Deliverer with the limiter, on real Redis and the stand-in -----------------------------

@@ -15,7 +15,8 @@ the Redis server (``TIME``), never from worker clocks, and the state is one numb
 - A worker that wakes up too late for its slot (a stalled host) does not use it: sent late, it
   would land on top of the next slots and crowd the API's window. ``wait_for_slot`` is the
   whole dance: take, sleep, re-check, send or park.
-- ``observe`` may lower the pace when ``X-Rate-Limit-Limit`` says the plan is smaller.
+- ``observe`` reads a 200's headers: ``X-Rate-Limit-Remaining: 0`` pauses everyone until
+  ``X-Rate-Limit-Retry``; an ``X-Rate-Limit-Limit`` below the configured limit lowers the pace.
 
 ``VOUCHERIFY_RATE_LIMIT``: ``100/min``, ``2000/min``, ``25/s``, ``100/hour``, with an optional
 burst ``100/min,burst=10`` (or ``100/min:10``); ``off``, ``0`` or empty disables the limiter.
@@ -312,12 +313,21 @@ class RateLimiter:
         return left_s
 
     def observe(self, hints: Any) -> None:
-        """Lower the pace when ``X-Rate-Limit-Limit`` says the plan is smaller than configured.
+        """Read the rate-limit headers of a successful answer. Never raises.
 
-        Voucherify states plan limits per minute (per hour for the Sandbox and older plans), so
-        the header is compared with the configured limit only when that is given per minute or
-        per hour, in the same unit. A per-second limit is taken as exact (dedicated clusters,
-        tests). Logged once per process."""
+        - ``X-Rate-Limit-Remaining: 0`` with an ``X-Rate-Limit-Retry`` in the future: the API's
+          budget is spent (something else shares the project, or the plan is smaller), so the
+          next call would be refused: every worker pauses until then, as after a 429.
+        - ``X-Rate-Limit-Limit`` below the configured limit: lower the pace to it, logged once.
+          Voucherify states plan limits per minute (per hour for the Sandbox and older plans),
+          so the header is compared only with a limit given per minute or per hour, in that
+          unit; a per-second limit is taken as exact (dedicated clusters, tests)."""
+        retry_at = getattr(hints, "retry_at_epoch_s", None)
+        if getattr(hints, "remaining", None) == 0 and retry_at and retry_at > time.time():
+            try:
+                self.on_rate_limited(None, {"X-Rate-Limit-Retry": str(retry_at)})
+            except redis.RedisError as exc:  # advisory: the send itself went through
+                self.log.warning("rate_limit_cooldown_not_stored", error=type(exc).__name__)
         api_limit = getattr(hints, "limit", None)
         period = self.configured.period_s
         if not api_limit or api_limit <= 0 or period not in (60.0, 3600.0):
