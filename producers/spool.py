@@ -36,7 +36,7 @@ from typing import Any
 import redis
 import structlog
 
-from worker.errors import BrokerUnavailable, SpoolFull
+from worker.errors import BrokerUnavailable, ConfigError, SpoolFull
 from worker.settings import Settings
 
 from .spool_files import (
@@ -77,7 +77,15 @@ class Spool:
         probe_max_s: float = PROBE_MAX_S,
     ):
         self.directory = Path(directory)
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            writable = os.access(self.directory, os.W_OK | os.X_OK)
+        except OSError as exc:
+            writable, why = False, exc.strerror
+        else:
+            why = "not writable"
+        if not writable:  # fail at start-up, not at the first outage
+            raise ConfigError(f"VOUCHERIFY_SPOOL_DIR={self.directory} cannot be used ({why})")
         self.client = client
         self.queue = queue
         self.max_bytes = max_bytes

@@ -26,6 +26,7 @@ from producers import BrokerUnavailable, IngestError, Producer, SpoolFull
 from producers.spool import Spool
 from producers.spool_files import flush_dead, redis_target
 from tests.support.pipeline import make_env, worker_argv
+from worker.errors import ConfigError
 from worker.settings import Settings
 
 CHILD_TIMEOUT_S = 30
@@ -235,6 +236,7 @@ def test_concurrent_enqueues_during_an_outage_all_survive(
 _CHILD = """
 import os, sys
 from producers import Producer
+from worker.errors import ConfigError
 from worker.settings import Settings
 producer = Producer(Settings.from_env())
 for n in range(int(sys.argv[1])):
@@ -392,3 +394,10 @@ def test_a_drain_repeated_after_a_crash_is_delivered_once_by_a_real_worker(
     assert set(counts) == set(ids)
     assert max(counts.values()) == 1, "a re-sent spool record was delivered twice"
     client.close()
+
+
+def test_an_unusable_spool_directory_fails_at_start_up(tmp_path, redis_url):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    with pytest.raises(ConfigError, match="VOUCHERIFY_SPOOL_DIR"):
+        Producer(Settings.from_env({}, redis_url=redis_url, spool_dir=str(not_a_dir / "spool")))
