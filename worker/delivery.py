@@ -7,6 +7,12 @@ limit wait too long: delayed set, no attempt used) or dead-lettered (reason + wh
 
 If the outcome cannot be written to Redis, :class:`OutcomeNotStored` is raised and the task
 must not ack the message: it comes back, and the ledger stops a second POST of what got through.
+
+A batch message (a backfill's) is handled event by event with the same steps, minus round
+trips: one script call claims the whole batch, a delivered event's outcome write is its ledger
+entry alone (written before the next POST), and the batch's counters are written once at the
+end. Events not started once ``batch_budget_s`` has passed go back on the queue as a new batch
+message, so a batch is acked well within the visibility timeout.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import os
 import socket
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import redis
@@ -27,8 +33,8 @@ from .delayed import DelayedQueue
 from .dlq import DeadLetterStore, make_entry
 from .errors import DeliveryError, InvalidEvent, QuotaExhausted, RateLimited
 from .keys import Keys
-from .ledger import ALREADY_DELIVERED, BUSY, DeliveryLedger
-from .messages import EVENT_ID_RE, event_message
+from .ledger import ALREADY_DELIVERED, BUSY, CLAIMED, DeliveryLedger
+from .messages import EVENT_ID_RE, batch_message, event_message
 from .schemas import validate_event
 from .settings import Settings
 from .stats import StatsRecorder
@@ -52,6 +58,15 @@ class Limiter(Protocol):
 
     def observe(self, hints: Any) -> None:
         """Rate-limit headers of a successful answer."""
+
+
+@dataclass
+class _Tally:
+    """What a batch's delivered and duplicate events add to the counters, written once."""
+
+    delivered: int = 0
+    duplicates: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -89,6 +104,12 @@ class Deliverer:
         self.stats = StatsRecorder(settings.key_prefix)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.log = structlog.get_logger("voucherify_ingest.delivery")
+        # A batch starts no event after this long: the message may wait for a thread (one
+        # attempt), and its last event may take one attempt, within the visibility timeout.
+        attempt_s = settings.max_attempt_duration_s
+        self.batch_budget_s = max(0.0, settings.visibility_timeout_s - 2 * attempt_s - 5)
+        # A batch claim older than this may lapse before the event's attempt ends: claim again.
+        self.claim_fresh_s = max(0.0, self.ledger.inflight_ttl_ms / 1000 - attempt_s - 1)
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -101,9 +122,47 @@ class Deliverer:
         return self._deliver(envelope, event_id, payload, attempt)
 
     def handle_batch(self, envelopes: Any) -> list[Outcome]:
+        """Deliver each envelope on its own (see the module docstring for what is shared)."""
         if not isinstance(envelopes, list):
             return [self._dead_letter_invalid(envelopes, {"_schema": ["batch must be a list"]})]
-        return [self.handle(envelope) for envelope in envelopes]
+        started = time.monotonic()
+        outcomes: list[Outcome | None] = [None] * len(envelopes)
+        pending: list[tuple[dict, str, dict, int]] = []
+        places: list[int] = []
+        seen: set[str] = set()
+        tally = _Tally()
+        for place, envelope in enumerate(envelopes):
+            checked = self._check_envelope(envelope)
+            if isinstance(checked, Outcome):
+                outcomes[place] = checked
+            elif checked[0] in seen:  # the same event twice in one batch: send it once
+                tally.duplicates += 1
+                outcomes[place] = Outcome("duplicate", checked[0])
+            else:
+                seen.add(checked[0])
+                pending.append((envelope, *checked))
+                places.append(place)
+        try:
+            if pending:
+                claimed_at = time.monotonic()
+                ids = [p[1] for p in pending]
+                claims = self._redis_call(self.ledger.claim_many, ids, self.owner)
+            for index, (envelope, event_id, payload, attempt) in enumerate(pending):
+                now = time.monotonic()
+                if index and now - started > self.batch_budget_s:
+                    rest = self._requeue(pending[index:], claims[index:])
+                    for place, outcome in zip(places[index:], rest, strict=True):
+                        outcomes[place] = outcome
+                    break
+                claim = claims[index]
+                if claim == CLAIMED and now - claimed_at > self.claim_fresh_s:
+                    claim = self._redis_call(self.ledger.claim, event_id, self.owner)
+                outcomes[places[index]] = self._deliver(
+                    envelope, event_id, payload, attempt, claim=claim, tally=tally
+                )
+        finally:
+            self._flush(tally)
+        return outcomes  # type: ignore[return-value] - every place is filled
 
     # -- steps --------------------------------------------------------------------------------
 
@@ -122,11 +181,20 @@ class Deliverer:
             return self._dead_letter_invalid(envelope, exc.messages, event_id=event_id)
         return event_id, payload, attempt
 
-    def _deliver(self, envelope: dict, event_id: str, payload: dict, attempt: int) -> Outcome:
+    def _deliver(
+        self, envelope: dict, event_id: str, payload: dict, attempt: int, *,
+        claim: int | None = None, tally: _Tally | None = None,
+    ) -> Outcome:
+        """``claim`` given: the ledger was asked already. ``tally`` given (a batch): the
+        counters of a delivered or duplicate event go to the tally, written at the batch end."""
         log = self.log.bind(event_id=event_id, event_name=payload["event"], attempt=attempt + 1)
-        claim = self._redis_call(self.ledger.claim, event_id, self.owner)
+        if claim is None:
+            claim = self._redis_call(self.ledger.claim, event_id, self.owner)
         if claim == ALREADY_DELIVERED:
-            self._store(lambda pipe: self.stats.record(pipe, {"duplicates_avoided": 1}))
+            if tally is not None:
+                tally.duplicates += 1
+            else:
+                self._store(lambda pipe: self.stats.record(pipe, {"duplicates_avoided": 1}))
             log.info("delivery", outcome="duplicate_avoided")
             return Outcome("duplicate", event_id)
         if claim == BUSY:
@@ -154,13 +222,19 @@ class Deliverer:
 
         if self.limiter is not None:
             self.limiter.observe(result.hints)
-        self._store(
-            lambda pipe: (
-                self.ledger.mark_delivered(pipe, event_id),
-                self.stats.record(pipe, {"delivered": 1, "attempts": 1}, result.latency_ms),
-            ),
-            retries=5,
-        )
+        if tally is not None:
+            self._store(lambda pipe: self.ledger.mark_delivered(pipe, event_id), retries=5,
+                        transaction=False)
+            tally.delivered += 1
+            tally.latencies_ms.append(result.latency_ms)
+        else:
+            self._store(
+                lambda pipe: (
+                    self.ledger.mark_delivered(pipe, event_id),
+                    self.stats.record(pipe, {"delivered": 1, "attempts": 1}, result.latency_ms),
+                ),
+                retries=5,
+            )
         log.info(
             "delivery",
             outcome="delivered",
@@ -253,6 +327,35 @@ class Deliverer:
         )
         return Outcome("dead_lettered", entry["id"], "invalid")
 
+    def _requeue(self, rest: list[tuple[dict, str, dict, int]], claims: list[int]) -> list[Outcome]:
+        """The batch ran out of time: its unstarted events go back as one new batch message."""
+        message = batch_message([p[0] for p in rest], self.settings.queue)
+
+        def fill(pipe):
+            for (_, event_id, _, _), claim in zip(rest, claims, strict=True):
+                if claim == CLAIMED:
+                    self.ledger.release(pipe, event_id)
+            pipe.rpush(self.settings.queue, message)  # the consuming end: next in line
+
+        self._store(fill)
+        self.log.info("batch_requeued", events=len(rest), budget_s=round(self.batch_budget_s, 1))
+        return [Outcome("deferred", p[1], "batch time budget") for p in rest]
+
+    def _flush(self, tally: _Tally) -> None:
+        """Write a batch's counters; best effort (the outcomes themselves are stored)."""
+        counts = {"delivered": tally.delivered, "attempts": tally.delivered,
+                  "duplicates_avoided": tally.duplicates}
+        counts = {name: value for name, value in counts.items() if value}
+        if not counts:
+            return
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                self.stats.record(pipe, counts)
+                self.stats.record_latencies(pipe, tally.latencies_ms)
+                pipe.execute()
+        except redis.RedisError as exc:
+            self.log.warning("batch_counters_not_stored", error=type(exc).__name__, **counts)
+
     # -- Redis plumbing -----------------------------------------------------------------------
 
     def _defer(self, pipe, envelope: dict, delay_s: float) -> None:
@@ -260,12 +363,14 @@ class Deliverer:
         message = event_message(envelope, self.settings.queue)
         self.delayed.schedule_on(pipe, message, delay_s)
 
-    def _store(self, fill, *, dead_letter: dict | None = None, retries: int = 2) -> None:
+    def _store(
+        self, fill, *, dead_letter: dict | None = None, retries: int = 2, transaction: bool = True
+    ) -> None:
         """Run one transaction of outcome writes; retry briefly; else raise OutcomeNotStored."""
         last: Exception | None = None
         for attempt in range(retries + 1):
             try:
-                with self.redis.pipeline(transaction=True) as pipe:
+                with self.redis.pipeline(transaction=transaction) as pipe:
                     if dead_letter is not None:
                         self.dlq.add(dead_letter, pipe)
                     fill(pipe)

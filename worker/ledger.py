@@ -25,6 +25,23 @@ end
 return 2
 """
 
+# The same for a batch: KEYS = delivered_1, inflight_1, delivered_2, inflight_2, ...
+# Returns one code per event, in order.
+CLAIM_MANY_LUA = """
+local out = {}
+for i = 1, #KEYS, 2 do
+  local code = 2
+  if redis.call('EXISTS', KEYS[i]) == 1 then code = 1
+  elseif redis.call('SET', KEYS[i + 1], ARGV[2], 'NX', 'PX', ARGV[1]) then code = 0
+  elseif redis.call('GET', KEYS[i + 1]) == ARGV[2] then
+    redis.call('PEXPIRE', KEYS[i + 1], ARGV[1])
+    code = 0
+  end
+  out[#out + 1] = code
+end
+return out
+"""
+
 CLAIMED, ALREADY_DELIVERED, BUSY = 0, 1, 2
 
 
@@ -35,6 +52,7 @@ class DeliveryLedger:
         self.ttl_s = max(1, int(ttl_s))
         self.inflight_ttl_ms = max(1000, int(inflight_ttl_s * 1000))
         self._claim = client.register_script(CLAIM_LUA)
+        self._claim_many = client.register_script(CLAIM_MANY_LUA)
 
     def claim(self, event_id: str, owner: str) -> int:
         return int(
@@ -43,6 +61,14 @@ class DeliveryLedger:
                 args=[self.inflight_ttl_ms, owner],
             )
         )
+
+    def claim_many(self, event_ids: list[str], owner: str) -> list[int]:
+        """``claim`` for each id, in one script call (a batch message's events)."""
+        keys = []
+        for event_id in event_ids:
+            keys += (self.keys.delivered(event_id), self.keys.inflight(event_id))
+        codes = self._claim_many(keys=keys, args=[self.inflight_ttl_ms, owner])
+        return [int(code) for code in codes]
 
     def mark_delivered(self, pipe, event_id: str) -> None:
         """Queue the ledger write on ``pipe`` (the caller's pipeline also carries counters)."""

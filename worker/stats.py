@@ -37,6 +37,19 @@ class StatsRecorder:
             pipe.hincrby(self.latency_key, "count", 1)
             pipe.hincrbyfloat(self.latency_key, "sum_ms", round(latency_ms, 3))
 
+    def record_latencies(self, pipe, latencies_ms: list[float]) -> None:
+        """Queue many deliveries' latencies at once (a batch): one HINCRBY per bucket used."""
+        if not latencies_ms:
+            return
+        buckets: dict[str, int] = {}
+        for latency_ms in latencies_ms:
+            bucket = next((f"le_{b}" for b in LATENCY_BUCKETS_MS if latency_ms <= b), "le_inf")
+            buckets[bucket] = buckets.get(bucket, 0) + 1
+        for bucket, count in buckets.items():
+            pipe.hincrby(self.latency_key, bucket, count)
+        pipe.hincrby(self.latency_key, "count", len(latencies_ms))
+        pipe.hincrbyfloat(self.latency_key, "sum_ms", round(sum(latencies_ms), 3))
+
     def heartbeat(self, client, node: str) -> None:
         client.zadd(self.workers_key, {node: time.time()})
 
