@@ -17,7 +17,9 @@ import traceback
 
 from tests.bench import BenchContext, Row, format_table
 
-MODULES = ["enqueue", "drain", "throughput", "ratelimit", "dlq", "serve", "memory"]
+MODULES = [
+    "enqueue", "drain", "throughput", "ratelimit", "dlq", "serve", "spool", "memory",
+]
 
 
 def main(argv: list[str] | None = None) -> int:
