@@ -14,13 +14,17 @@ key                            type    what
 ``{p}:dlq:reason:{reason}``    zset    the same, per reason (cheap filtered listing)
 ``{p}:delivered:{event_id}``   string  delivery ledger: set after a 200, expires after the TTL
 ``{p}:inflight:{event_id}``    string  a worker is sending this event now (short TTL)
-``{p}:rl:{hash}``              string  rate-limiter state (GCRA theoretical arrival time)
-``{p}:rl:{hash}:cooldown``     string  shared cool-down after a 429, until epoch ms
+``{p}:rl:{h}``                 string  GCRA theoretical arrival time, epoch us (Redis time)
+``{p}:rl:{h}:cooldown``        string  shared cool-down after a 429, until epoch us
+``{p}:rl:{h}:parked``          string  place in line of the last event parked for a slot
 ``{p}:stats:*``                 -      counters (see worker/stats.py)
 ``{p}:workers``                zset    worker node -> last heartbeat epoch s
 ``{p}:unacked``                hash    kombu: messages handed to a worker, not yet acked
 ``{p}:unacked_index``          zset    kombu: the same by delivery time (visibility timeout)
 =============================  ======  ===========================================================
+
+``{h}`` is 16 hex digits of sha256(app id, API base URL) in literal braces (a Redis Cluster hash
+tag): two projects on one Redis never share a rate budget, and no key holds the token.
 """
 
 from __future__ import annotations
