@@ -8,7 +8,7 @@ Everything this project stores lives under ``{prefix}:`` (``VOUCHERIFY_KEY_PREFI
 key                            type    what
 =============================  ======  ===========================================================
 ``{queue}``                    list    the ingest queue (Celery/kombu messages, JSON)
-``{p}:delayed``                zset    messages waiting for a retry/backoff; score = due epoch s
+``{p}:delayed``                zset    messages waiting for a retry/backoff; score = due epoch ms
 ``{p}:dlq:entries``            hash    dead-letter id -> entry JSON
 ``{p}:dlq:index``              zset    dead-letter id -> last-failed epoch s (listing by time)
 ``{p}:dlq:reason:{reason}``    zset    the same, per reason (cheap filtered listing)
