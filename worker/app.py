@@ -15,6 +15,8 @@ from celery import Celery, signals
 from .logs import configure_logging
 from .settings import Settings
 
+UNACKED_MUTEX_EXPIRE_S = 5
+
 
 def broker_transport_options(settings: Settings) -> dict:
     return {
@@ -29,6 +31,10 @@ def broker_transport_options(settings: Settings) -> dict:
         "unacked_key": f"{settings.key_prefix}:unacked",
         "unacked_index_key": f"{settings.key_prefix}:unacked_index",
         "unacked_mutex_key": f"{settings.key_prefix}:unacked_mutex",
+        # The sweep's lock. kombu keeps it 300 s by default, so a worker killed mid-sweep
+        # would stop every restore for five minutes. Two overlapping sweeps are safe (each
+        # restore is a WATCH transaction that re-reads the message), so hold it briefly.
+        "unacked_mutex_expire": UNACKED_MUTEX_EXPIRE_S,
         "socket_connect_timeout": 5,
         "socket_keepalive": True,
         "health_check_interval": 25,
@@ -47,6 +53,11 @@ def create_app(settings: Settings) -> Celery:
     app = Celery("voucherify_ingest", set_as_current=False)
     app.conf.update(
         broker_url=settings.redis_url,
+        # kombu's Redis transport with an atomic take (a SIGKILL loses no message) and
+        # unreadable items wrapped instead of crashing the worker: worker/transport.py.
+        broker_transport="worker.transport:Transport",
+        # Celery's consumer, with poison messages dead-lettered (reason invalid), not dropped.
+        worker_consumer="worker.poison:Consumer",
         broker_transport_options=broker_transport_options(settings),
         broker_use_ssl=_broker_ssl(settings),
         broker_connection_retry_on_startup=True,
