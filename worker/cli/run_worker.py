@@ -9,9 +9,11 @@ import click
 import structlog
 from celery import signals
 
+from .. import kombu_fix
 from ..app import create_app
 from ..housekeeping import Housekeeper
 from ..logs import configure_logging
+from ..shutdown import ShutdownGuard
 from .common import load_settings
 
 POOLS = ["threads", "prefork", "solo", "gevent", "eventlet"]
@@ -43,6 +45,8 @@ def worker_command(concurrency, pool, hostname, celery_args):
     configure_logging(settings, stream=sys.stdout)
     log = structlog.get_logger("voucherify_ingest.worker")
     app = create_app(settings)
+    kombu_fix.apply()  # survive a Redis restart with deliveries in flight
+    ShutdownGuard(settings).install()  # second SIGTERM / stop bound: exit at once
     node = hostname or f"voucherify-{os.getpid()}@%h"
     keeper: dict[str, Housekeeper] = {}
 
