@@ -218,8 +218,9 @@ class DeadLetterFilter:
            skip_invalid=False) -> DeadLetterFilter:
         if reason is not None and reason not in REASONS:
             raise ValueError(f"unknown dead-letter reason {reason!r}; one of {', '.join(REASONS)}")
+        ids = (ids,) if isinstance(ids, str) else tuple(ids or ())
         return cls(reason, None if status is None else status_label(status), event,
-                   _epoch(since), _epoch(until), tuple(ids or ()), skip_invalid)
+                   _epoch(since), _epoch(until), ids, skip_invalid)
 
     @property
     def reads_entries(self) -> bool:

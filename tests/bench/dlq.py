@@ -9,12 +9,13 @@ exclusivity cost.
 List, ours: one page of 50, newest first, through ``DeadLetterQueue.list`` (ZRANGE BYSCORE REV
 LIMIT + HMGET + JSON decode), also by reason, deep in the index through a cursor, and by a rare
 status (which walks pages; shown without a goal). Baseline: the bare ZREVRANGE + HMGET round
-trips. The whole ``voucherify-ingest dlq list`` command is also timed beside
-``voucherify-ingest --version`` (Python start-up), both as subprocesses.
+trips with the same JSON decoding. The whole ``voucherify-ingest dlq list`` command is also
+timed beside ``voucherify-ingest --version`` (Python start-up), both as subprocesses.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -32,6 +33,7 @@ FULL_N, QUICK_N = 100_000, 10_000
 PAGE = 50
 RARE_EVERY = 5_000  # one status-404 entry per this many
 REPLAY_GOAL = 5_000.0
+BARE_LIST = "bare ZREVRANGE+HMGET+decode"
 LIST_GOAL_MS = 50.0
 DAY_S = 86_400
 
@@ -118,28 +120,28 @@ def run(ctx: BenchContext) -> list[Row]:
         seed(dlq, n)
         size = f"{n:,} entries"
 
-        def bare_page():
+        def bare_page():  # what any listing must do: the newest ids, their entries, decoded
             ids = client.zrevrange(keys.dlq_index, 0, PAGE - 1)
-            client.hmget(keys.dlq_entries, ids)
+            [json.loads(raw) for raw in client.hmget(keys.dlq_entries, ids)]
 
         base = _timed_ms(bare_page, repeats)
         first = _timed_ms(lambda: dlq.list(limit=PAGE), repeats)
         rows.append(Row(f"dlq list page of {PAGE}, newest first [{size}]", median(first), "ms",
-                        median(base), "bare ZREVRANGE+HMGET", f"< {LIST_GOAL_MS:g} ms",
+                        median(base), BARE_LIST, f"< {LIST_GOAL_MS:g} ms",
                         percentile(first, 95) < LIST_GOAL_MS,
                         note=f"p95 {percentile(first, 95):.2f} ms"))
         by_reason = _timed_ms(lambda: dlq.list(limit=PAGE, reason="retries_exhausted"), repeats)
         rows.append(Row(f"dlq list --reason page [{size}]", median(by_reason), "ms", median(base),
-                        "bare ZREVRANGE+HMGET", f"< {LIST_GOAL_MS:g} ms",
+                        BARE_LIST, f"< {LIST_GOAL_MS:g} ms",
                         percentile(by_reason, 95) < LIST_GOAL_MS))
         deep = dlq.list(limit=PAGE, until=time.time() - 25 * DAY_S).next_cursor
         deep_ms = _timed_ms(lambda: dlq.list(limit=PAGE, cursor=deep), repeats)
         rows.append(Row(f"dlq list page deep in the index (cursor) [{size}]", median(deep_ms),
-                        "ms", median(base), "bare ZREVRANGE+HMGET", f"< {LIST_GOAL_MS:g} ms",
+                        "ms", median(base), BARE_LIST, f"< {LIST_GOAL_MS:g} ms",
                         percentile(deep_ms, 95) < LIST_GOAL_MS))
         rare = _timed_ms(lambda: dlq.list(limit=PAGE, status=404), 3)
         rows.append(Row(f"dlq list --status 404 (1 in {RARE_EVERY:,}: walks every page) [{size}]",
-                        median(rare), "ms", median(base), "bare ZREVRANGE+HMGET",
+                        median(rare), "ms", median(base), BARE_LIST,
                         note="no goal: a filter on a field with no index"))
 
         env = {**os.environ, "REDIS_URL": ctx.redis_url, "VOUCHERIFY_KEY_PREFIX": ns,
