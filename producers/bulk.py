@@ -668,8 +668,9 @@ class Progress:
     """
 
     def __init__(self, stream: IO[str], source: Input, *, tty: bool | None = None,
-                 every_s: float = 10.0, width: int = 30):
+                 every_s: float = 10.0, width: int = 30, dry_run: bool = False):
         self.stream = stream
+        self.verb = "valid" if dry_run else "enqueued"
         self.source = source
         self.tty = stream.isatty() if tty is None else tty
         self.every_s = 0.1 if self.tty else every_s
@@ -688,7 +689,7 @@ class Progress:
         elapsed = max(1e-9, now - self.started)
         rate = summary.read / elapsed
         fraction = self._fraction()
-        counts = (f"{summary.read:,} read, {summary.enqueued:,} enqueued, "
+        counts = (f"{summary.read:,} read, {summary.enqueued:,} {self.verb}, "
                   f"{summary.rejected:,} rejected, {summary.duplicates:,} duplicates")
         if fraction is None:
             return f"{counts}, {rate:,.0f}/s, {_clock(elapsed)} elapsed"

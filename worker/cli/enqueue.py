@@ -116,7 +116,7 @@ def _backfill(settings, path, fmt, id_field, dry_run, max_queue, batch_size, rej
     # A backfill never spools: when Redis is down it stops with a clear error instead.
     producer = Producer(settings.replace(spool_dir=""))
     rejects = Rejects(rejects_path, echo=sys.stderr)
-    progress = Progress(sys.stderr, source, every_s=progress_every)
+    progress = Progress(sys.stderr, source, every_s=progress_every, dry_run=dry_run)
     loader = BulkLoader(
         producer,
         batch_size=batch_size or DEFAULT_BATCH_SIZE,
