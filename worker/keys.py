@@ -12,6 +12,7 @@ key                            type    what
 ``{p}:dlq:entries``            hash    dead-letter id -> entry JSON
 ``{p}:dlq:index``              zset    dead-letter id -> last-failed epoch s (listing by time)
 ``{p}:dlq:reason:{reason}``    zset    the same, per reason (cheap filtered listing)
+``{p}:dlq:counts``             hash    ``{reason}|{status}`` -> entries (stats without scans)
 ``{p}:delivered:{event_id}``   string  delivery ledger: set after a 200, expires after the TTL
 ``{p}:inflight:{event_id}``    string  a worker is sending this event now (short TTL)
 ``{p}:rl:{h}``                 string  GCRA theoretical arrival time, epoch us (Redis time)
