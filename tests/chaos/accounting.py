@@ -1,0 +1,148 @@
+"""The accounting check every chaos scenario ends with.
+
+Every enqueued event id must end up delivered (a 200 recorded by the stand-in) or in the
+dead-letter store; nothing may be missing, and no id may turn up that nobody enqueued.
+
+A duplicate is an event id the stand-in answered 200 more than once. One kind of second 200 is
+not ours to prevent, because Voucherify has no idempotency key: the API processed a request but
+its answer never reached a living worker, so the event had to be sent again. Two ways this
+happens in the scenarios:
+
+- the stand-in held its 200 past the worker's read timeout (``answer_after_timeout``);
+- the worker that sent the request was SIGKILLed between the API's 200 and its ledger write
+  (``answer_during_kill``: a 200 recorded from shortly before a kill until the kill returned).
+
+Such a 200 is an "answer lost"; it excuses the one resend it caused (counted and reported as
+``resent_answer_lost``). Only an earlier 200 can excuse a later one. Every other extra 200 is a
+duplicate, and a scenario fails when duplicates exceed ``MAX_DUPLICATE_RATIO`` (0.1%) of the
+enqueued events.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from worker.standin import Received
+
+MAX_DUPLICATE_RATIO = 0.001  # 0.1%
+# How long before a SIGKILL a 200 may have been answered and still not be in the ledger: the
+# answer's way back plus parsing plus one Redis round trip (observed: up to ~15 ms on a loaded
+# 2-core machine). Wider would hide real duplicates; narrower only makes the check stricter.
+KILL_WINDOW_BEFORE_S = 0.05
+
+
+def answer_after_timeout(stall_outcomes: Iterable[str] = ("chaos_stall", "stalled")):
+    """This 200 was held past the worker's read timeout: the worker never saw it."""
+    outcomes = frozenset(stall_outcomes)
+    return lambda record: record.outcome in outcomes
+
+
+def answer_during_kill(kills: Sequence[tuple[float, float]]):
+    """This 200 (wall clock ``record.at``) came while a worker was being SIGKILLed.
+
+    ``kills`` holds ``(time just before the kill, time the kill returned)`` pairs.
+    """
+    windows = [(before - KILL_WINDOW_BEFORE_S, after) for before, after in kills]
+    return lambda record: any(lo <= record.at <= hi for lo, hi in windows)
+
+
+@dataclass
+class Report:
+    name: str
+    enqueued: int
+    delivered: int
+    dead_lettered: int
+    missing: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    duplicates: int = 0
+    duplicate_ids: list[str] = field(default_factory=list)
+    resent_answer_lost: int = 0
+    delivered_and_dead_lettered: list[str] = field(default_factory=list)
+    requests: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def duplicate_ratio(self) -> float:
+        return self.duplicates / self.enqueued if self.enqueued else 0.0
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.name}: enqueued {self.enqueued}, delivered {self.delivered}, "
+            f"dead-lettered {self.dead_lettered}, missing {len(self.missing)}, "
+            f"duplicates {self.duplicates} ({self.duplicate_ratio:.3%}), "
+            f"resent after a lost answer {self.resent_answer_lost}, "
+            f"delivered and dead-lettered {len(self.delivered_and_dead_lettered)}, "
+            f"unknown ids {len(self.unknown)}; {self.requests} requests {self.by_status}",
+        ]
+        lines += [f"  {key}: {value}" for key, value in self.extra.items()]
+        return "\n".join(lines)
+
+    def check(self, max_duplicate_ratio: float = MAX_DUPLICATE_RATIO) -> None:
+        """Raise AssertionError with the summary unless every event is accounted for."""
+        problems = []
+        if self.missing:
+            problems.append(f"{len(self.missing)} missing, e.g. {self.missing[:5]}")
+        if self.unknown:
+            problems.append(f"{len(self.unknown)} ids nobody enqueued, e.g. {self.unknown[:5]}")
+        if self.duplicate_ratio > max_duplicate_ratio:
+            problems.append(
+                f"{self.duplicates} duplicates > {max_duplicate_ratio:.2%}, "
+                f"e.g. {self.duplicate_ids[:5]}"
+            )
+        both = len(self.delivered_and_dead_lettered)
+        if self.enqueued and both / self.enqueued > max_duplicate_ratio:
+            problems.append(
+                f"{both} events both delivered and dead-lettered, "
+                f"e.g. {self.delivered_and_dead_lettered[:5]}"
+            )
+        assert not problems, "; ".join(problems) + "\n" + self.summary()
+
+
+def account(
+    name: str,
+    enqueued_ids: Iterable[str],
+    received: Iterable[Received],
+    dead_lettered_ids: Iterable[str],
+    *,
+    answer_lost: Callable[[Received], bool] = lambda _record: False,
+) -> Report:
+    """Compare enqueued ids with what the stand-in answered 200 and what was dead-lettered.
+
+    ``received`` is the stand-in's ``received()``; ``answer_lost(record)`` says a 200 never
+    reached a living worker (see :func:`answer_after_timeout`, :func:`answer_during_kill`).
+    """
+    enqueued_set = set(enqueued_ids)
+    records = list(received)
+    oks: dict[str, list[Received]] = collections.defaultdict(list)
+    for record in records:
+        if record.status == 200 and record.event_id is not None:
+            oks[record.event_id].append(record)
+    duplicates: dict[str, int] = {}
+    resent = 0
+    for event_id, answers in oks.items():
+        answers.sort(key=lambda r: r.at)
+        # A lost answer excuses the one resend it caused; the last 200 cannot have been lost
+        # (nothing came after it), so it never excuses anything.
+        excused = sum(1 for r in answers[:-1] if answer_lost(r))
+        resent += excused
+        if len(answers) - 1 - excused > 0:
+            duplicates[event_id] = len(answers) - 1 - excused
+    delivered = set(oks)
+    dead = set(dead_lettered_ids)
+    return Report(
+        name=name,
+        enqueued=len(enqueued_set),
+        delivered=len(delivered & enqueued_set),
+        dead_lettered=len(dead & enqueued_set),
+        missing=sorted(enqueued_set - delivered - dead),
+        unknown=sorted((delivered | dead) - enqueued_set),
+        duplicates=sum(duplicates.values()),
+        duplicate_ids=sorted(duplicates),
+        resent_answer_lost=resent,
+        delivered_and_dead_lettered=sorted(delivered & dead),
+        requests=len(records),
+        by_status=dict(sorted(collections.Counter(str(r.status) for r in records).items())),
+    )

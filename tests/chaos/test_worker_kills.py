@@ -1,0 +1,101 @@
+"""Two worker processes; one of them is SIGKILLed every ~2 s and restarted at once.
+
+What a killed worker had taken but not acked must come back (measured: SIGKILL -> the message
+is back in a live worker's hands) well under 60 s, nothing may be lost, and nothing may be
+delivered twice except what the killed worker had already sent when it died (the API's 200 came
+back to a dying process, so the ledger never heard of it; counted and reported, see
+``tests.chaos.accounting``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from producers import Producer
+from tests.chaos.accounting import account, answer_during_kill
+from tests.chaos.harness import (
+    Outcomes,
+    Workers,
+    chaos_env,
+    drain_budget_s,
+    enqueue,
+    event_count,
+    wait_until_accounted,
+)
+from tests.chaos.redelivery import RedeliveryProbe
+from worker.settings import Settings
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(drain_budget_s(event_count(), 0.05, 240))]
+
+KILL_EVERY_S = 2.0
+# The shortest visibility timeout these timeouts allow (2 x (1 + 2 + 2) + 5, see Settings).
+VISIBILITY_S = 15
+REDELIVERY_GOAL_S = 60.0
+CONCURRENCY = 8
+
+
+def test_sigkill_every_two_seconds(
+    redis_url, namespace, remote_standin, make_process, chaos_events, chaos_report
+):
+    standin = remote_standin
+    env = chaos_env(
+        redis_url, namespace, standin.url,
+        VOUCHERIFY_VISIBILITY_TIMEOUT_S=str(VISIBILITY_S),
+        VOUCHERIFY_RESTORE_INTERVAL_S="1",
+    )
+    settings = Settings.from_env(env)
+    producer = Producer(settings)
+    outcomes = Outcomes(settings)
+    probe = RedeliveryProbe(redis_url, outcomes.keys.unacked_index)
+    probe.start()
+    workers = Workers(make_process, env, concurrency=CONCURRENCY)
+    try:
+        ids = enqueue(producer, chaos_events)
+        workers.start("a")
+        workers.start("b")
+        budget = drain_budget_s(chaos_events, 0.04, 120)
+        deadline = time.monotonic() + budget
+        victims = ["a", "b"]
+        kills: list[tuple[float, float]] = []  # (just before SIGKILL, kill returned)
+        while time.monotonic() < deadline:
+            time.sleep(KILL_EVERY_S)
+            pending = outcomes.pending()
+            if pending["queued"] == 0 and pending["delayed"] == 0:
+                break  # the backlog is drained: stop killing, let the stranded come back
+            victim = victims[probe.kills % 2]
+            workers.wait_ready(victim)  # kill a consuming worker, not one still starting
+            before = time.time()
+            probe.killed(before)
+            workers.kill(victim)
+            kills.append((before, time.time()))
+            workers.start(victim, wait=False)
+        assert probe.kills >= 3, "the backlog drained before the kills began: proves nothing"
+
+        done = wait_until_accounted(
+            ids, standin, outcomes, deadline - time.monotonic(),
+            also=lambda: probe.outstanding() == 0,
+        )
+        time.sleep(1.0)  # anything sent twice would arrive now
+        received = standin.received()
+        report = account("sigkill every 2 s", ids, received, outcomes.dead_lettered_ids(),
+                         answer_lost=answer_during_kill(kills))
+        report.extra["redelivery after SIGKILL"] = probe.summary()
+        report.extra["visibility timeout"] = f"{VISIBILITY_S} s, restore sweep every 1 s"
+        report.extra["resent because the API's 200 reached a worker being killed"] = (
+            f"{report.resent_answer_lost} in {len(kills)} kills "
+            f"({report.resent_answer_lost / max(1, len(kills)):.2f} per kill)"
+        )
+        chaos_report(report)
+        assert done, f"not all accounted for within {budget:.0f}s: {outcomes.pending()}"
+        report.check()
+        # A kill can only strand the requests its worker had in flight.
+        assert report.resent_answer_lost <= len(kills) * workers.concurrency, report.summary()
+        times = probe.times_s
+        assert times, "no killed worker held a message when it died: nothing was measured"
+        assert max(times) < REDELIVERY_GOAL_S, probe.summary()
+    finally:
+        probe.stop()
+        outcomes.close()
+        producer.close()
