@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+import orjson
 import redis
 
 from worker.errors import InvalidEvent, format_messages
@@ -416,6 +417,7 @@ def read_csv(text: IO[str]) -> Iterator[Record]:
 # -- event ids --------------------------------------------------------------------------------
 
 _canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+_SORTED = orjson.OPT_SORT_KEYS
 
 
 def get_path(data: Any, dotted: str) -> Any:
@@ -431,7 +433,9 @@ def derive_event_id(payload: Any, id_field: str | None = None) -> str:
     """The record's event id: the ``id_field`` value as is, else ``bf-`` + a content hash.
 
     The hash is over the record's canonical JSON (sorted keys, no whitespace), so re-reading
-    the same record, in any key order or file format, gives the same id.
+    the same record, in any key order or file format, gives the same id. orjson writes it (a
+    tenth of ``json.dumps``'s cost); a record it cannot write (an integer over 64 bits, a
+    non-string key) always falls back to ``json``, so the id still depends on the record alone.
     """
     if id_field:
         value = get_path(payload, id_field)
@@ -439,10 +443,13 @@ def derive_event_id(payload: Any, id_field: str | None = None) -> str:
             raise InvalidEvent({id_field: ["--id-field: missing, empty, or not a string/integer"]})
         return str(value)
     try:
-        canonical = _canonical(payload)
-    except (TypeError, ValueError):
-        raise InvalidEvent({"_schema": ["event payload must be a JSON object"]}) from None
-    return "bf-" + hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        canonical = orjson.dumps(payload, option=_SORTED)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        try:
+            canonical = _canonical(payload).encode("utf-8", "surrogatepass")
+        except (TypeError, ValueError):
+            raise InvalidEvent({"_schema": ["event payload must be a JSON object"]}) from None
+    return "bf-" + hashlib.sha256(canonical).hexdigest()[:32]
 
 
 def unwrap(data: Any) -> tuple[Any, str | None]:
@@ -626,7 +633,9 @@ class BulkLoader:
         if not self.check_ledger:
             return list(envelopes.values())
         ids = list(envelopes)
-        found = self._delivered(keys=[self.keys.delivered(i) for i in ids])
+        keys = [self.keys.delivered(i) for i in ids]
+        # One EXISTS counts them (C, no Lua); only a re-run pays for finding which ones.
+        found = self._delivered(keys=keys) if self.producer.redis.exists(*keys) else []
         if found:
             self.summary.duplicates += len(found)
             for index in found:
