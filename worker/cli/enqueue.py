@@ -22,6 +22,8 @@ def _read_payload(payload_json: str | None) -> object:
         return json.loads(text)
     except ValueError as exc:
         raise click.UsageError(f"payload is not valid JSON: {exc}") from None
+    except RecursionError:  # json.loads recurses once per level of [[[[...]]]]
+        raise click.UsageError("payload is not valid JSON: nested too deeply") from None
 
 
 def _default_rejects_path(path: str) -> str:
