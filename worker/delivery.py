@@ -188,6 +188,8 @@ class Deliverer:
         """``claim`` given: the ledger was asked already. ``tally`` given (a batch): the
         counters of a delivered or duplicate event go to the tally, written at the batch end."""
         log = self.log.bind(event_id=event_id, event_name=payload["event"], attempt=attempt + 1)
+        if self.settings.log_pii:  # VOUCHERIFY_LOG_PII=1, a debug switch: customer data in logs
+            log = log.bind(customer=payload.get("customer"))
         if claim is None:
             claim = self._redis_call(self.ledger.claim, event_id, self.owner)
         if claim == ALREADY_DELIVERED:
