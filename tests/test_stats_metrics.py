@@ -147,6 +147,9 @@ def test_stats_command_human_json_and_watch(redis_url, namespace, redis_client):
     Producer(settings, client=redis_client).enqueue_events([_event(n) for n in range(3)])
     dlq = DeadLetterQueue(redis_client, Keys.from_settings(settings))
     dlq.add(make_entry(event_id="dead-1", payload=_event(1), reason="retries_exhausted"))
+    with redis_client.pipeline() as pipe:
+        StatsRecorder(settings.key_prefix).record(pipe, {"delivered": 1}, 12_000.0)
+        pipe.execute()
 
     human = _run(["stats"], env)
     assert human.returncode == 0, human.stderr
@@ -154,15 +157,24 @@ def test_stats_command_human_json_and_watch(redis_url, namespace, redis_client):
     assert re.search(r"dead letters\s+1\s+retries_exhausted 1", human.stdout)
     assert "rate limit      off" in human.stdout
     assert re.search(r"workers alive\s+0", human.stdout)
+    assert "p95 > 10000 ms   (1 deliveries)" in human.stdout
 
     as_json = _run(["stats", "--json"], env)
-    doc = json.loads(as_json.stdout)
+    doc = _strict_json(as_json.stdout)
     assert doc["queue_depth"] == 3 and doc["dead_letters"]["retries_exhausted"] == 1
     assert doc["queue"] == f"{namespace}-events"
+    assert doc["latency"]["p95_le_ms"] == "+Inf" and doc["latency"]["buckets_ms"][-1] == ["+Inf", 1]
 
     watch = _run(["stats", "--json", "--watch", "--count", "2", "-i", "0.2"], env)
     lines = watch.stdout.splitlines()
-    assert len(lines) == 2 and all(json.loads(line)["queue_depth"] == 3 for line in lines)
+    assert len(lines) == 2 and all(_strict_json(line)["queue_depth"] == 3 for line in lines)
+
+
+def _strict_json(text: str):
+    """JSON as jq reads it: no NaN or Infinity."""
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+    return json.loads(text, parse_constant=refuse)
 
 
 def test_stats_fails_clearly_without_redis_and_hides_the_password(make_redis_server, namespace):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 
@@ -11,6 +12,7 @@ import redis
 
 from ..flow import ALIVE_WITHIN_S, RATE_WINDOW_MIN, FlowReader, FlowSnapshot
 from ..redis_conn import make_redis
+from ..stats import LATENCY_BUCKETS_MS
 from .common import EXIT_FAILURE, EXIT_OK, load_settings
 
 
@@ -22,6 +24,13 @@ def _age(seconds: float | None) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.1f}min"
     return f"{seconds / 3600:.1f}h"
+
+
+def _bound(upper_ms: float) -> str:
+    """A histogram bucket's upper bound as a human reads it."""
+    if math.isinf(upper_ms):
+        return f"> {LATENCY_BUCKETS_MS[-1]:g} ms"
+    return f"<= {upper_ms:g} ms"
 
 
 def render(snap: FlowSnapshot) -> str:
@@ -46,8 +55,8 @@ def render(snap: FlowSnapshot) -> str:
     lat = snap.latency
     if lat["count"]:
         lines.append(
-            f"  latency         mean {lat['mean_ms']} ms   p50 <= {lat['p50_le_ms']:g} ms   "
-            f"p95 <= {lat['p95_le_ms']:g} ms   ({lat['count']} deliveries)"
+            f"  latency         mean {lat['mean_ms']} ms   p50 {_bound(lat['p50_le_ms'])}   "
+            f"p95 {_bound(lat['p95_le_ms'])}   ({lat['count']} deliveries)"
         )
     lines.append("")
     held = {r: n for r, n in snap.dead_letters.items() if n}
