@@ -624,7 +624,7 @@ class BulkLoader:
                 for start in range(0, len(messages), 1000):
                     pipe.lpush(self.producer.queue, *messages[start : start + 1000])
                 pipe.execute()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except redis.RedisError as exc:  # down, or refusing writes (OOM, read-only replica)
             raise broker_unavailable(self.producer.settings.redis_url, exc) from None
         summary.enqueued += len(batch)
         summary.messages += len(messages)
