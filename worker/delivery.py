@@ -34,12 +34,19 @@ from .dlq import DeadLetterStore, make_entry
 from .errors import DeliveryError, InvalidEvent, QuotaExhausted, RateLimited
 from .keys import Keys
 from .ledger import ALREADY_DELIVERED, BUSY, CLAIMED, DeliveryLedger
+from .logs import mask_secrets
 from .messages import EVENT_ID_RE, batch_message, event_message
 from .schemas import validate_event
 from .settings import Settings
 from .stats import StatsRecorder
 
 BUSY_RETRY_S = 2.0
+
+
+def _masked(error: dict[str, Any]) -> dict[str, Any]:
+    """What the API said, with our own secrets masked should an answer ever echo one (a
+    debugging proxy's error page listing request headers): dead letters are shown by the CLI."""
+    return {k: mask_secrets(v) if isinstance(v, str) else v for k, v in error.items()}
 
 
 class OutcomeNotStored(Exception):
@@ -283,7 +290,7 @@ class Deliverer:
 
         reason = exc.reason  # retries_exhausted | rejected | auth | quota_exhausted
         entry = make_entry(
-            event_id=event_id, payload=payload, reason=reason, error=exc.as_dict(),
+            event_id=event_id, payload=payload, reason=reason, error=_masked(exc.as_dict()),
             attempts=attempt, enqueued_at=envelope.get("enqueued_at"),
         )
         self._store(
