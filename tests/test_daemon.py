@@ -270,6 +270,35 @@ def test_worker_resumes_consuming_after_a_clean_redis_restart_mid_delivery(
     assert "Unrecoverable error" not in worker.output()
 
 
+def test_worker_resumes_after_redis_drops_its_connections(deployment, standin):
+    """CLIENT KILL: Redis closes every client connection (a failover, a proxy restart), three
+    times, each with deliveries in flight. The worker must go on consuming by itself."""
+    dep = deployment()
+    worker = dep.worker(concurrency=4)
+    sent: list[str] = []
+    standin.set_latency(0.3)
+    for round_ in range(3):
+        sent += dep.enqueue(range(round_ * 10, round_ * 10 + 10))
+        # Kill while the second wave of this round is on the wire.
+        assert standin.wait_for_received(len(sent) - 6, timeout=30)
+        time.sleep(0.1)
+        client = dep.redis()
+        try:
+            killed = client.client_kill_filter(_type="normal", skipme=True)
+        finally:
+            client.close()
+        assert killed >= 2, "the worker's connections were not dropped"
+        time.sleep(1.0)
+    standin.set_latency(0)
+    sent += dep.enqueue(range(30, 40))
+    assert _wait(lambda: set(standin.delivered_ids()) >= set(sent), timeout=60), (
+        f"{len(set(standin.delivered_ids()) & set(sent))} of {len(sent)} delivered"
+    )
+    time.sleep(1.0)
+    assert max(standin.delivered_ids().values()) == 1, "an event was sent twice"
+    assert worker.is_running() and "Unrecoverable error" not in worker.output()
+
+
 def test_worker_survives_redis_crashing_under_it_and_loses_nothing(
     deployment, standin, private_redis
 ):
