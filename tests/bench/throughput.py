@@ -1,0 +1,144 @@
+"""Worker throughput, one event per message, one worker process.
+
+- Against a zero-latency stand-in: events/s of one ``voucherify-ingest worker`` process
+  (threads x16: the default pool) vs a bare Celery task doing the same ``requests`` POST
+  (``tests/bench/bare_worker.py``, same pool and concurrency). This is the per-event cost of
+  what we add (ledger claim, outcome transaction, counters, atomic take, one log line).
+- Against a 50 ms stand-in with the default pool: both sides approach the concurrency bound
+  (16 / 0.05 s = 320 events/s, less the client's own time per call); ours must stay within
+  10% of the bare task.
+
+The stand-in runs in its own process (``python -m worker.standin``); the rate is taken between
+10% and 90% delivered (start-up excluded); medians of ``REPEATS`` runs (one in quick mode).
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+
+import redis
+
+from producers import Producer
+from tests.bench import BenchContext, Row, median
+from tests.bench.bare_worker import TASK_NAME
+from tests.bench.drain import (
+    APP_ID,
+    APP_TOKEN,
+    ROOT,
+    Drain,
+    StandInProcess,
+    event,
+    measure,
+)
+from tests.support.procs import ManagedProcess
+from worker.messages import build_message
+from worker.settings import Settings
+
+CONCURRENCY = 16  # VOUCHERIFY_WORKER_CONCURRENCY's default
+REPEATS = 3
+LATENCY_S = 0.05
+
+
+def _cleanup(client: redis.Redis, ns: str) -> None:
+    for key in client.scan_iter(match=f"{ns}*", count=1000):
+        client.delete(key)
+
+
+def _set_latency(standin: StandInProcess, latency_s: float) -> None:
+    standin.reset()
+    response = standin.http.post(f"{standin.url}/_standin/config",
+                                 json={"latency_s": latency_s}, timeout=30)
+    response.raise_for_status()
+
+
+def run_ours(ctx: BenchContext, standin: StandInProcess, n: int, latency_s: float) -> Drain:
+    ns = "bt" + secrets.token_hex(4)
+    env = {
+        "REDIS_URL": ctx.redis_url, "VOUCHERIFY_API_URL": standin.url,
+        "VOUCHERIFY_APP_ID": APP_ID, "VOUCHERIFY_APP_TOKEN": APP_TOKEN,
+        "VOUCHERIFY_QUEUE": f"{ns}-events", "VOUCHERIFY_KEY_PREFIX": ns,
+        "VOUCHERIFY_RATE_LIMIT": "off", "VOUCHERIFY_LOG_FORMAT": "json",
+    }
+    producer = Producer(Settings.from_env(env))
+    client = redis.Redis.from_url(ctx.redis_url)
+    worker = None
+    try:
+        for start in range(0, n, 5000):
+            producer.enqueue_events([event(i) for i in range(start, min(n, start + 5000))])
+        _set_latency(standin, latency_s)
+        worker = ManagedProcess(
+            [sys.executable, "-m", "worker.cli", "worker", "-c", str(CONCURRENCY), "-P",
+             "threads"], env=env, cwd=ROOT, name="ours", log_dir=ctx.workdir,
+        ).start()
+        return measure(standin, n, worker, timeout_s=max(120.0, n / 20))
+    finally:
+        if worker is not None:
+            worker.terminate()
+        producer.close()
+        _cleanup(client, ns)
+        client.close()
+
+
+def run_bare(ctx: BenchContext, standin: StandInProcess, n: int, latency_s: float) -> Drain:
+    ns = "bu" + secrets.token_hex(4)
+    queue = f"{ns}-events"
+    client = redis.Redis.from_url(ctx.redis_url)
+    worker = None
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            for i in range(n):
+                pipe.lpush(queue, build_message(TASK_NAME, [event(i), f"bare-{i}"], queue))
+                if i % 1000 == 999:
+                    pipe.execute()
+            pipe.execute()
+        _set_latency(standin, latency_s)
+        env = {"BENCH_BROKER": ctx.redis_url, "BENCH_QUEUE": queue, "BENCH_API": standin.url,
+               "BENCH_APP_ID": APP_ID, "BENCH_APP_TOKEN": APP_TOKEN}
+        worker = ManagedProcess(
+            [sys.executable, "-m", "celery", "-A", "tests.bench.bare_worker", "worker", "-P",
+             "threads", "-c", str(CONCURRENCY), "-Q", queue, "--without-mingle",
+             "--without-gossip", "--without-heartbeat", "-l", "WARNING"],
+            env=env, cwd=ROOT, name="bare", log_dir=ctx.workdir,
+        ).start()
+        return measure(standin, n, worker, timeout_s=max(120.0, n / 20))
+    finally:
+        if worker is not None:
+            worker.terminate()
+        _cleanup(client, ns)
+        client.close()
+
+
+def _pair(ctx, standin, n, latency_s, repeats) -> tuple[list[Drain], list[Drain]]:
+    ours, bare = [], []
+    for _ in range(repeats):  # interleaved, so that machine noise hits both sides alike
+        bare.append(run_bare(ctx, standin, n, latency_s))
+        ours.append(run_ours(ctx, standin, n, latency_s))
+    return ours, bare
+
+
+def run(ctx: BenchContext) -> list[Row]:
+    repeats = 1 if ctx.quick else REPEATS
+    n_fast = 2_000 if ctx.quick else 20_000
+    n_slow = 1_000 if ctx.quick else 6_000
+    standin = StandInProcess(ctx.workdir)
+    try:
+        ours, bare = _pair(ctx, standin, n_fast, 0.0, repeats)
+        rate, bare_rate = median([d.rate for d in ours]), median([d.rate for d in bare])
+        cpu, bare_cpu = median([d.cpu_us for d in ours]), median([d.cpu_us for d in bare])
+        slow_ours, slow_bare = _pair(ctx, standin, n_slow, LATENCY_S, repeats)
+        slow, slow_base = median([d.rate for d in slow_ours]), median([d.rate for d in slow_bare])
+    finally:
+        standin.stop()
+    bound = CONCURRENCY / LATENCY_S
+    setup = f"1 process, threads x{CONCURRENCY}, median of {repeats}"
+    return [
+        Row("worker throughput, 0 ms API", rate, "events/s", bare_rate,
+            "bare Celery task, same POST", goal=">= 0.5x baseline", met=rate >= 0.5 * bare_rate,
+            note=f"{n_fast:,} events, one per message, {setup}"),
+        Row("worker CPU per event, 0 ms API", cpu, "us", bare_cpu,
+            "bare Celery task, same POST", note=setup),
+        Row("worker throughput, 50 ms API", slow, "events/s", slow_base,
+            "bare Celery task, same POST", goal=">= 0.9x baseline", met=slow >= 0.9 * slow_base,
+            note=f"{n_slow:,} events, {setup}; bound {bound:.0f}/s = 16 / 50 ms"),
+    ]
