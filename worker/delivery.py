@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -109,7 +110,12 @@ class Deliverer:
         self.delayed = DelayedQueue(redis_client, self.keys)
         self.dlq = DeadLetterStore(redis_client, self.keys)
         self.stats = StatsRecorder(settings.key_prefix)
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._owner_base = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # How long a delivered event's ledger write is retried while Redis is away: if it is
+        # never written, the message comes back and the event is sent again.
+        self.delivered_budget_s = max(
+            5.0, settings.visibility_timeout_s - settings.max_attempt_duration_s - 5
+        )
         self.log = structlog.get_logger("voucherify_ingest.delivery")
         # A batch starts no event after this long: the message may wait for a thread (one
         # attempt), and its last event may take one attempt, within the visibility timeout.
@@ -117,6 +123,11 @@ class Deliverer:
         self.batch_budget_s = max(0.0, settings.visibility_timeout_s - 2 * attempt_s - 5)
         # A batch claim older than this may lapse before the event's attempt ends: claim again.
         self.claim_fresh_s = max(0.0, self.ledger.inflight_ttl_ms / 1000 - attempt_s - 1)
+
+    @property
+    def owner(self) -> str:
+        """Ledger claims are per thread: two threads of one worker never share a claim."""
+        return f"{self._owner_base}:{threading.get_ident()}"
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -232,7 +243,8 @@ class Deliverer:
         if self.limiter is not None:
             self.limiter.observe(result.hints)
         if tally is not None:
-            self._store(lambda pipe: self.ledger.mark_delivered(pipe, event_id), retries=5,
+            self._store(lambda pipe: self.ledger.mark_delivered(pipe, event_id),
+                        budget_s=self.delivered_budget_s,
                         transaction=False)
             tally.delivered += 1
             tally.latencies_ms.append(result.latency_ms)
@@ -242,7 +254,7 @@ class Deliverer:
                     self.ledger.mark_delivered(pipe, event_id),
                     self.stats.record(pipe, {"delivered": 1, "attempts": 1}, result.latency_ms),
                 ),
-                retries=5,
+                budget_s=self.delivered_budget_s,
             )
         log.info(
             "delivery",
@@ -373,11 +385,15 @@ class Deliverer:
         self.delayed.schedule_on(pipe, message, delay_s)
 
     def _store(
-        self, fill, *, dead_letter: dict | None = None, retries: int = 2, transaction: bool = True
+        self, fill, *, dead_letter: dict | None = None, retries: int = 2,
+        budget_s: float = 0.0, transaction: bool = True,
     ) -> None:
-        """Run one transaction of outcome writes; retry briefly; else raise OutcomeNotStored."""
+        """Run one transaction of outcome writes; retry at least ``retries`` times and for
+        ``budget_s`` seconds; else raise OutcomeNotStored."""
         last: Exception | None = None
-        for attempt in range(retries + 1):
+        deadline = time.monotonic() + budget_s
+        attempt = 0
+        while True:
             try:
                 with self.redis.pipeline(transaction=transaction) as pipe:
                     if dead_letter is not None:
@@ -387,7 +403,10 @@ class Deliverer:
                 return
             except redis.RedisError as exc:
                 last = exc
-                self.sleep(min(2.0, 0.2 * 2**attempt))
+            if attempt >= retries and time.monotonic() >= deadline:
+                break
+            self.sleep(min(2.0, 0.2 * 2**attempt))
+            attempt += 1
         self.log.error("outcome_not_stored", error=type(last).__name__)
         raise OutcomeNotStored(type(last).__name__)
 
