@@ -39,12 +39,15 @@ def answer_after_timeout(stall_outcomes: Iterable[str] = ("chaos_stall", "stalle
     return lambda record: record.outcome in outcomes
 
 
-def answer_during_kill(kills: Sequence[tuple[float, float]]):
-    """This 200 (wall clock ``record.at``) came while a worker was being SIGKILLed.
+def answer_during_kill(kills: Sequence[tuple[float, float]],
+                       before_s: float = KILL_WINDOW_BEFORE_S):
+    """This 200 (its request arrived at ``record.at``, wall clock) came while a worker was
+    being SIGKILLed.
 
-    ``kills`` holds ``(time just before the kill, time the kill returned)`` pairs.
+    ``kills`` holds ``(time just before the kill, time the kill returned)`` pairs; a stand-in
+    with latency L answers L after arrival, so pass ``before_s`` = L + the default window.
     """
-    windows = [(before - KILL_WINDOW_BEFORE_S, after) for before, after in kills]
+    windows = [(before - before_s, after) for before, after in kills]
     return lambda record: any(lo <= record.at <= hi for lo, hi in windows)
 
 

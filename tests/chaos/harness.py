@@ -27,12 +27,15 @@ LONG_EVENTS = 50_000
 WORKER_READY_TIMEOUT_S = 60.0
 
 
+def long_run() -> bool:
+    return os.environ.get(LONG_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def event_count() -> int:
     raw = os.environ.get(EVENTS_ENV, "").strip()
     if raw:
         return max(1, int(raw))
-    long_run = os.environ.get(LONG_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
-    return LONG_EVENTS if long_run else DEFAULT_EVENTS
+    return LONG_EVENTS if long_run() else DEFAULT_EVENTS
 
 
 def drain_budget_s(n: int, per_event_s: float, floor_s: float = 60.0) -> float:

@@ -14,14 +14,16 @@ import time
 import pytest
 
 from producers import Producer
-from tests.chaos.accounting import account, answer_during_kill
+from tests.chaos.accounting import KILL_WINDOW_BEFORE_S, account, answer_during_kill
 from tests.chaos.harness import (
+    LONG_ENV,
     Outcomes,
     Workers,
     chaos_env,
     drain_budget_s,
     enqueue,
     event_count,
+    long_run,
     wait_until_accounted,
 )
 from tests.chaos.redelivery import RedeliveryProbe
@@ -34,6 +36,14 @@ KILL_EVERY_S = 2.0
 VISIBILITY_S = 15
 REDELIVERY_GOAL_S = 60.0
 CONCURRENCY = 8
+# Settings fields whose shipped defaults the default-settings measurement restores.
+DEFAULTS = {
+    "visibility_timeout_s": "VOUCHERIFY_VISIBILITY_TIMEOUT_S",
+    "restore_interval_s": "VOUCHERIFY_RESTORE_INTERVAL_S",
+    "read_timeout_s": "VOUCHERIFY_READ_TIMEOUT_S",
+    "connect_timeout_s": "VOUCHERIFY_CONNECT_TIMEOUT_S",
+    "rate_limit_max_wait_s": "VOUCHERIFY_RATE_LIMIT_MAX_WAIT_S",
+}
 
 
 def test_sigkill_every_two_seconds(
@@ -95,6 +105,58 @@ def test_sigkill_every_two_seconds(
         times = probe.times_s
         assert times, "no killed worker held a message when it died: nothing was measured"
         assert max(times) < REDELIVERY_GOAL_S, probe.summary()
+    finally:
+        probe.stop()
+        outcomes.close()
+        producer.close()
+
+
+LATENCY_S = 0.3
+
+
+@pytest.mark.skipif(not long_run(), reason=f"long suite only ({LONG_ENV}=1): about a minute")
+def test_redelivery_after_sigkill_with_default_settings(
+    redis_url, namespace, remote_standin, make_process, chaos_report
+):
+    """The same measurement with the shipped defaults (visibility 45 s, sweep every 5 s, the
+    default timeouts): what an operator gets without tuning."""
+    standin = remote_standin
+    standin.set_latency(LATENCY_S)  # the killed worker is sure to hold messages
+    env = chaos_env(
+        redis_url, namespace, standin.url,
+        **{name: str(getattr(Settings(), field)) for field, name in DEFAULTS.items()},
+    )
+    settings = Settings.from_env(env)
+    producer = Producer(settings)
+    outcomes = Outcomes(settings)
+    probe = RedeliveryProbe(redis_url, outcomes.keys.unacked_index)
+    probe.start()
+    workers = Workers(make_process, env, concurrency=CONCURRENCY)
+    try:
+        ids = enqueue(producer, 400)
+        workers.start("a")
+        workers.start("b")
+        time.sleep(2.0)
+        before = time.time()
+        probe.killed(before)
+        workers.kill("a")
+        kills = [(before, time.time())]
+        done = wait_until_accounted(ids, standin, outcomes, 180,
+                                    also=lambda: probe.outstanding() == 0)
+        time.sleep(1.0)
+        lost = answer_during_kill(kills, before_s=LATENCY_S + KILL_WINDOW_BEFORE_S)
+        report = account("sigkill, default settings", ids, standin.received(),
+                         outcomes.dead_lettered_ids(), answer_lost=lost)
+        report.extra["redelivery after SIGKILL"] = probe.summary()
+        report.extra["settings"] = (
+            f"visibility {settings.visibility_timeout_s:g} s, "
+            f"sweep every {settings.restore_interval_s:g} s"
+        )
+        chaos_report(report)
+        assert done, outcomes.pending()
+        report.check()
+        assert probe.times_s, "the killed worker held nothing: nothing was measured"
+        assert max(probe.times_s) < REDELIVERY_GOAL_S, probe.summary()
     finally:
         probe.stop()
         outcomes.close()
