@@ -793,8 +793,8 @@ class _Handler(BaseHTTPRequestHandler):
             status = 405 if name in known else 404
             self._send(status, error_body(status, f"No control {method} {name}"))
         elif name == "received":
-            fields = ("event_id", "status", "at", "mono", "outcome", "schema_valid", "schema_errors",
-                      "body")
+            fields = ("event_id", "status", "at", "mono", "outcome", "schema_valid",
+                      "schema_errors", "body")
             self._send(200, [{k: getattr(r, k) for k in fields} for r in standin.received()])
         elif name == "stats":
             self._send(200, standin.stats())
