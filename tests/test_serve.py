@@ -294,14 +294,21 @@ def test_oversized_bodies_get_413_unread(api):
     assert f"over {2 * MAX_PAYLOAD} bytes" in error["details"]
     assert headers.get("connection") == "close"
     # Chunked, so no Content-Length announces the size: cut off while reading.
+    # The server answers 413 and closes; a client still sending may see that answer, or only
+    # the closed connection (EPIPE/ECONNRESET) when the close wins the race. Either way the
+    # body was not read to the end and nothing was stored.
     conn = http.client.HTTPConnection("127.0.0.1", client.port, timeout=10)
     try:
         chunks = (b"x" * 1024 for _ in range(3 * MAX_PAYLOAD // 1024))
-        conn.request("POST", "/v1/events", body=chunks, headers={**JSON, **AUTH},
-                     encode_chunked=True)
-        response = conn.getresponse()
-        assert_error(response.status, {k.lower(): v for k, v in response.getheaders()},
-                     response.read(), 413, "payload_too_large")
+        try:
+            conn.request("POST", "/v1/events", body=chunks, headers={**JSON, **AUTH},
+                         encode_chunked=True)
+            response = conn.getresponse()
+        except (BrokenPipeError, ConnectionResetError):
+            response = None
+        if response is not None:
+            assert_error(response.status, {k.lower(): v for k, v in response.getheaders()},
+                         response.read(), 413, "payload_too_large")
     finally:
         conn.close()
     assert rclient.llen(queue) == 0
