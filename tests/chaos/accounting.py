@@ -10,7 +10,8 @@ happens in the scenarios:
 
 - the stand-in held its 200 past the worker's read timeout (``answer_after_timeout``);
 - the worker that sent the request was SIGKILLed between the API's 200 and its ledger write
-  (``answer_during_kill``: a 200 recorded from shortly before a kill until the kill returned).
+  (``answer_not_in_ledger``: exact, from the workers' own "delivered" log lines, which come
+  after the ledger write; ``answer_during_kill`` is the older timing-window estimate).
 
 Such a 200 is an "answer lost"; it excuses the one resend it caused (counted and reported as
 ``resent_answer_lost``). Only an earlier 200 can excuse a later one. Every other extra 200 is a
@@ -21,6 +22,7 @@ enqueued events.
 from __future__ import annotations
 
 import collections
+import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -37,6 +39,44 @@ def answer_after_timeout(stall_outcomes: Iterable[str] = ("chaos_stall", "stalle
     """This 200 was held past the worker's read timeout: the worker never saw it."""
     outcomes = frozenset(stall_outcomes)
     return lambda record: record.outcome in outcomes
+
+
+def delivered_log_counts(worker_logs: Iterable[str]) -> collections.Counter:
+    """How many times workers logged ``outcome: delivered`` per event id.
+
+    A worker logs that line only after its ledger write succeeded, and a ledger entry stops
+    every later send of the event. So when the stand-in answered an id 200 more often than
+    workers logged it delivered, the extra answers are the ones that never reached a living
+    worker's ledger (the worker was killed first): exact, no timing window needed.
+    """
+    counts: collections.Counter = collections.Counter()
+    for text in worker_logs:
+        for line in text.splitlines():
+            if '"delivered"' not in line or '"event_id"' not in line:
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # a line torn by SIGKILL
+            if entry.get("outcome") == "delivered" and entry.get("event_id"):
+                counts[entry["event_id"]] += 1
+    return counts
+
+
+def answer_not_in_ledger(received: Iterable[Received], worker_logs: Iterable[str]):
+    """This 200 reached no worker's ledger (see :func:`delivered_log_counts`): the earliest
+    ``answers - logged`` 200s of each id are the lost ones."""
+    logged = delivered_log_counts(worker_logs)
+    oks: dict[str, list[Received]] = collections.defaultdict(list)
+    for record in received:
+        if record.status == 200 and record.event_id is not None:
+            oks[record.event_id].append(record)
+    lost: set[int] = set()
+    for event_id, answers in oks.items():
+        answers.sort(key=lambda r: r.at)
+        for record in answers[: max(0, len(answers) - logged[event_id])]:
+            lost.add(id(record))
+    return lambda record: id(record) in lost
 
 
 def answer_during_kill(kills: Sequence[tuple[float, float]],

