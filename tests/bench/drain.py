@@ -123,20 +123,6 @@ def measure(standin: StandInProcess, n: int, worker: ManagedProcess, timeout_s: 
     return Drain(events / max(t1 - t0, 1e-6), (u1 - u0) / events * 1e6, (v1 - v0) / events * 1e6)
 
 
-def _worker_env(ctx: BenchContext, standin: StandInProcess, ns: str) -> dict[str, str]:
-    return {
-        "REDIS_URL": ctx.redis_url,
-        "VOUCHERIFY_API_URL": standin.url,
-        "VOUCHERIFY_APP_ID": APP_ID,
-        "VOUCHERIFY_APP_TOKEN": APP_TOKEN,
-        "VOUCHERIFY_QUEUE": f"{ns}-events",
-        "VOUCHERIFY_KEY_PREFIX": ns,
-        "VOUCHERIFY_RATE_LIMIT": "off",
-        "VOUCHERIFY_LOG_FORMAT": "json",
-        "VOUCHERIFY_LOG_LEVEL": "INFO",
-    }
-
-
 def _cleanup(client: redis.Redis, ns: str) -> None:
     for key in client.scan_iter(match=f"{ns}*", count=1000):
         client.delete(key)
@@ -144,7 +130,7 @@ def _cleanup(client: redis.Redis, ns: str) -> None:
 
 def run_ours(ctx: BenchContext, standin: StandInProcess, n: int, batch_size: int) -> Drain:
     ns = "bd" + secrets.token_hex(4)
-    env = _worker_env(ctx, standin, ns)
+    env = worker_env(ctx, standin, ns)
     producer = Producer(Settings.from_env(env))
     client = redis.Redis.from_url(ctx.redis_url)
     worker = None
@@ -166,27 +152,53 @@ def run_ours(ctx: BenchContext, standin: StandInProcess, n: int, batch_size: int
         client.close()
 
 
+def worker_env(ctx: BenchContext, standin: StandInProcess, ns: str) -> dict[str, str]:
+    """Our worker's environment for a benchmark drain (rate limit off, JSON logs)."""
+    return {
+        "REDIS_URL": ctx.redis_url,
+        "VOUCHERIFY_API_URL": standin.url,
+        "VOUCHERIFY_APP_ID": APP_ID,
+        "VOUCHERIFY_APP_TOKEN": APP_TOKEN,
+        "VOUCHERIFY_QUEUE": f"{ns}-events",
+        "VOUCHERIFY_KEY_PREFIX": ns,
+        "VOUCHERIFY_RATE_LIMIT": "off",
+        "VOUCHERIFY_LOG_FORMAT": "json",
+        "VOUCHERIFY_LOG_LEVEL": "INFO",
+    }
+
+
+def push_bare_events(client: redis.Redis, queue: str, n: int) -> None:
+    """Queue ``n`` one-event messages for the bare Celery worker (tests/bench/bare_worker.py)."""
+    with client.pipeline(transaction=False) as pipe:
+        for i in range(n):
+            pipe.lpush(queue, build_message(TASK_NAME, [event(i), f"bare-{i}"], queue))
+            if i % 1000 == 999:
+                pipe.execute()
+        pipe.execute()
+
+
+def bare_worker_command(ctx: BenchContext, standin: StandInProcess, queue: str,
+                        concurrency: int = CONCURRENCY) -> tuple[list[str], dict[str, str]]:
+    """argv and env of the bare Celery worker: the baseline every worker benchmark uses."""
+    env = {"BENCH_BROKER": ctx.redis_url, "BENCH_QUEUE": queue, "BENCH_API": standin.url,
+           "BENCH_APP_ID": APP_ID, "BENCH_APP_TOKEN": APP_TOKEN}
+    argv = [sys.executable, "-m", "celery", "-A", "tests.bench.bare_worker", "worker", "-P",
+            "threads", "-c", str(concurrency), "-Q", queue, "--without-mingle",
+            "--without-gossip", "--without-heartbeat", "-l", "WARNING"]
+    return argv, env
+
+
 def run_bare(ctx: BenchContext, standin: StandInProcess, n: int) -> Drain:
     ns = "bb" + secrets.token_hex(4)
     queue = f"{ns}-events"
     client = redis.Redis.from_url(ctx.redis_url)
     worker = None
     try:
-        with client.pipeline(transaction=False) as pipe:
-            for i in range(n):
-                pipe.lpush(queue, build_message(TASK_NAME, [event(i), f"bare-{i}"], queue))
-                if i % 1000 == 999:
-                    pipe.execute()
-            pipe.execute()
+        push_bare_events(client, queue, n)
         standin.reset()
-        env = {"BENCH_BROKER": ctx.redis_url, "BENCH_QUEUE": queue, "BENCH_API": standin.url,
-               "BENCH_APP_ID": APP_ID, "BENCH_APP_TOKEN": APP_TOKEN}
-        worker = ManagedProcess(
-            [sys.executable, "-m", "celery", "-A", "tests.bench.bare_worker", "worker", "-P",
-             "threads", "-c", str(CONCURRENCY), "-Q", queue, "--without-mingle",
-             "--without-gossip", "--without-heartbeat", "-l", "WARNING"],
-            env=env, cwd=ROOT, name="bare", log_dir=ctx.workdir,
-        ).start()
+        argv, env = bare_worker_command(ctx, standin, queue)
+        worker = ManagedProcess(argv, env=env, cwd=ROOT, name="bare",
+                                log_dir=ctx.workdir).start()
         return measure(standin, n, worker, timeout_s=max(120.0, n / 20))
     finally:
         if worker is not None:

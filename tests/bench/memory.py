@@ -19,10 +19,16 @@ import redis
 
 from producers import Producer
 from tests.bench import BenchContext, Row
-from tests.bench.bare_worker import TASK_NAME
-from tests.bench.drain import APP_ID, APP_TOKEN, ROOT, StandInProcess, event, measure
+from tests.bench.drain import (
+    ROOT,
+    StandInProcess,
+    bare_worker_command,
+    event,
+    measure,
+    push_bare_events,
+    worker_env,
+)
 from tests.support.procs import ManagedProcess
-from worker.messages import build_message
 from worker.settings import Settings
 
 CONCURRENCY = 16
@@ -70,27 +76,11 @@ def run(ctx: BenchContext) -> list[Row]:
     ns = "bm" + secrets.token_hex(4)
     try:
         queue = f"{ns}-bare"
-        with client.pipeline(transaction=False) as pipe:
-            for i in range(n):
-                pipe.lpush(queue, build_message(TASK_NAME, [event(i), f"bare-{i}"], queue))
-                if i % 1000 == 999:
-                    pipe.execute()
-            pipe.execute()
-        bare_env = {"BENCH_BROKER": ctx.redis_url, "BENCH_QUEUE": queue,
-                    "BENCH_API": standin.url, "BENCH_APP_ID": APP_ID,
-                    "BENCH_APP_TOKEN": APP_TOKEN}
-        bare = _drain(ctx, standin, n, [
-            sys.executable, "-m", "celery", "-A", "tests.bench.bare_worker", "worker", "-P",
-            "threads", "-c", str(CONCURRENCY), "-Q", queue, "--without-mingle",
-            "--without-gossip", "--without-heartbeat", "-l", "WARNING",
-        ], bare_env, "bare")
+        push_bare_events(client, queue, n)
+        bare_argv, bare_env = bare_worker_command(ctx, standin, queue, CONCURRENCY)
+        bare = _drain(ctx, standin, n, bare_argv, bare_env, "bare")
 
-        env = {
-            "REDIS_URL": ctx.redis_url, "VOUCHERIFY_API_URL": standin.url,
-            "VOUCHERIFY_APP_ID": APP_ID, "VOUCHERIFY_APP_TOKEN": APP_TOKEN,
-            "VOUCHERIFY_QUEUE": f"{ns}-events", "VOUCHERIFY_KEY_PREFIX": ns,
-            "VOUCHERIFY_RATE_LIMIT": "off", "VOUCHERIFY_LOG_FORMAT": "json",
-        }
+        env = worker_env(ctx, standin, ns)
         producer = Producer(Settings.from_env(env))
         try:
             for start in range(0, n, 5000):

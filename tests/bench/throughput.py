@@ -21,18 +21,17 @@ import redis
 
 from producers import Producer
 from tests.bench import BenchContext, Row, median
-from tests.bench.bare_worker import TASK_NAME
 from tests.bench.drain import (
-    APP_ID,
-    APP_TOKEN,
     ROOT,
     Drain,
     StandInProcess,
+    bare_worker_command,
     event,
     measure,
+    push_bare_events,
+    worker_env,
 )
 from tests.support.procs import ManagedProcess
-from worker.messages import build_message
 from worker.settings import Settings
 
 CONCURRENCY = 16  # VOUCHERIFY_WORKER_CONCURRENCY's default
@@ -54,12 +53,7 @@ def _set_latency(standin: StandInProcess, latency_s: float) -> None:
 
 def run_ours(ctx: BenchContext, standin: StandInProcess, n: int, latency_s: float) -> Drain:
     ns = "bt" + secrets.token_hex(4)
-    env = {
-        "REDIS_URL": ctx.redis_url, "VOUCHERIFY_API_URL": standin.url,
-        "VOUCHERIFY_APP_ID": APP_ID, "VOUCHERIFY_APP_TOKEN": APP_TOKEN,
-        "VOUCHERIFY_QUEUE": f"{ns}-events", "VOUCHERIFY_KEY_PREFIX": ns,
-        "VOUCHERIFY_RATE_LIMIT": "off", "VOUCHERIFY_LOG_FORMAT": "json",
-    }
+    env = worker_env(ctx, standin, ns)
     producer = Producer(Settings.from_env(env))
     client = redis.Redis.from_url(ctx.redis_url)
     worker = None
@@ -86,21 +80,11 @@ def run_bare(ctx: BenchContext, standin: StandInProcess, n: int, latency_s: floa
     client = redis.Redis.from_url(ctx.redis_url)
     worker = None
     try:
-        with client.pipeline(transaction=False) as pipe:
-            for i in range(n):
-                pipe.lpush(queue, build_message(TASK_NAME, [event(i), f"bare-{i}"], queue))
-                if i % 1000 == 999:
-                    pipe.execute()
-            pipe.execute()
+        push_bare_events(client, queue, n)
         _set_latency(standin, latency_s)
-        env = {"BENCH_BROKER": ctx.redis_url, "BENCH_QUEUE": queue, "BENCH_API": standin.url,
-               "BENCH_APP_ID": APP_ID, "BENCH_APP_TOKEN": APP_TOKEN}
-        worker = ManagedProcess(
-            [sys.executable, "-m", "celery", "-A", "tests.bench.bare_worker", "worker", "-P",
-             "threads", "-c", str(CONCURRENCY), "-Q", queue, "--without-mingle",
-             "--without-gossip", "--without-heartbeat", "-l", "WARNING"],
-            env=env, cwd=ROOT, name="bare", log_dir=ctx.workdir,
-        ).start()
+        argv, env = bare_worker_command(ctx, standin, queue, CONCURRENCY)
+        worker = ManagedProcess(argv, env=env, cwd=ROOT, name="bare",
+                                log_dir=ctx.workdir).start()
         return measure(standin, n, worker, timeout_s=max(120.0, n / 20))
     finally:
         if worker is not None:
