@@ -128,7 +128,13 @@ def _cleanup(client: redis.Redis, ns: str) -> None:
         client.delete(key)
 
 
-def run_ours(ctx: BenchContext, standin: StandInProcess, n: int, batch_size: int) -> Drain:
+def run_ours(ctx: BenchContext, standin: StandInProcess, n: int, batch_size: int, *,
+             prepare=None, min_rate: float = 50) -> Drain:
+    """Queue ``n`` events (``batch_size`` per message; 0: one each), run our worker, measure.
+
+    ``prepare`` runs after queueing, before the worker starts (default: reset the stand-in);
+    ``min_rate`` sets the time budget (n / min_rate seconds, at least 120).
+    """
     ns = "bd" + secrets.token_hex(4)
     env = worker_env(ctx, standin, ns)
     producer = Producer(Settings.from_env(env))
@@ -138,12 +144,12 @@ def run_ours(ctx: BenchContext, standin: StandInProcess, n: int, batch_size: int
         for start in range(0, n, 5000):
             producer.enqueue_events([event(i) for i in range(start, min(n, start + 5000))],
                                     batch_size=batch_size)
-        standin.reset()
+        (prepare or standin.reset)()
         worker = ManagedProcess(
             [sys.executable, "-m", "worker.cli", "worker", "-c", str(CONCURRENCY), "-P",
              "threads"], env=env, cwd=ROOT, name="ours", log_dir=ctx.workdir,
         ).start()
-        return measure(standin, n, worker, timeout_s=max(120.0, n / 50))
+        return measure(standin, n, worker, timeout_s=max(120.0, n / min_rate))
     finally:
         if worker is not None:
             worker.terminate()

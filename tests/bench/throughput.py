@@ -15,24 +15,19 @@ The stand-in runs in its own process (``python -m worker.standin``); the rate is
 from __future__ import annotations
 
 import secrets
-import sys
 
 import redis
 
-from producers import Producer
-from tests.bench import BenchContext, Row, median
+from tests.bench import BenchContext, Row, drain, median
 from tests.bench.drain import (
     ROOT,
     Drain,
     StandInProcess,
     bare_worker_command,
-    event,
     measure,
     push_bare_events,
-    worker_env,
 )
 from tests.support.procs import ManagedProcess
-from worker.settings import Settings
 
 CONCURRENCY = 16  # VOUCHERIFY_WORKER_CONCURRENCY's default
 REPEATS = 3
@@ -52,26 +47,9 @@ def _set_latency(standin: StandInProcess, latency_s: float) -> None:
 
 
 def run_ours(ctx: BenchContext, standin: StandInProcess, n: int, latency_s: float) -> Drain:
-    ns = "bt" + secrets.token_hex(4)
-    env = worker_env(ctx, standin, ns)
-    producer = Producer(Settings.from_env(env))
-    client = redis.Redis.from_url(ctx.redis_url)
-    worker = None
-    try:
-        for start in range(0, n, 5000):
-            producer.enqueue_events([event(i) for i in range(start, min(n, start + 5000))])
-        _set_latency(standin, latency_s)
-        worker = ManagedProcess(
-            [sys.executable, "-m", "worker.cli", "worker", "-c", str(CONCURRENCY), "-P",
-             "threads"], env=env, cwd=ROOT, name="ours", log_dir=ctx.workdir,
-        ).start()
-        return measure(standin, n, worker, timeout_s=max(120.0, n / 20))
-    finally:
-        if worker is not None:
-            worker.terminate()
-        producer.close()
-        _cleanup(client, ns)
-        client.close()
+    """One event per message (what a web app's enqueue_event produces)."""
+    return drain.run_ours(ctx, standin, n, 0,
+                          prepare=lambda: _set_latency(standin, latency_s), min_rate=20)
 
 
 def run_bare(ctx: BenchContext, standin: StandInProcess, n: int, latency_s: float) -> Drain:
