@@ -7,7 +7,6 @@ the new pid and opens fresh connections in the child.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Iterable, Mapping
@@ -15,13 +14,12 @@ from typing import Any
 
 import redis
 
+from worker import jsoncodec
 from worker.errors import InvalidEvent, PayloadTooLarge, SpoolFull
 from worker.messages import EVENT_ID_RE, batch_message, event_message, make_envelope
 from worker.redis_conn import broker_unavailable, make_redis
 from worker.schemas import validate_event
 from worker.settings import Settings
-
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def check_event_id(event_id: str) -> str:
@@ -54,8 +52,13 @@ class Producer:
         self, payload: Mapping[str, Any], event_id: str | None = None
     ) -> tuple[str, dict[str, Any]]:
         """Validate and stamp one payload; return ``(event_id, envelope)``. No I/O."""
-        wire = validate_event(payload)
-        size = len(_dumps(wire).encode("utf-8"))
+        return self.stamp(validate_event(payload), event_id)
+
+    def stamp(
+        self, wire: dict[str, Any], event_id: str | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """Cap the size of a payload ``validate_event`` returned, and stamp it. No I/O."""
+        size = len(jsoncodec.dumps(wire))
         if size > self.max_payload_bytes:
             raise PayloadTooLarge(size, self.max_payload_bytes)
         if event_id is not None:

@@ -406,11 +406,12 @@ def test_cli_reads_gzipped_csv_from_stdin(env, tmp_path, redis_client, settings)
 
 
 def test_cli_dry_run_and_plain_progress_lines(env, tmp_path, redis_client, settings):
-    path = write_ndjson(tmp_path / "big.ndjson", [event(n) for n in range(8000)])
+    # Enough records to outlast a 0.1 s progress interval at >500k records/s.
+    path = write_ndjson(tmp_path / "big.ndjson", [event(n) for n in range(60_000)])
     result = run(["enqueue", "--file", path, "--dry-run", "--progress-every", "0.1"], env,
                  cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert b"valid (dry run, nothing enqueued) 8000" in result.stdout
+    assert b"valid (dry run, nothing enqueued) 60000" in result.stdout
     assert b"progress: " in result.stderr
     assert redis_client.llen(settings.queue) == 0
 

@@ -17,6 +17,7 @@ or, when ``VOUCHERIFY_SPOOL_DIR`` is set, fsync'd in the producer's spool
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -26,10 +27,13 @@ import structlog
 from producers.producer import Producer
 
 from ..errors import BrokerUnavailable, InvalidEvent, PayloadTooLarge, SpoolFull, format_messages
+from ..messages import event_message
 from ..redis_conn import make_redis
+from ..schema_fast import fast_validate
+from ..schemas import validate_event
 from ..settings import Settings
 from .auth import Authenticator, CallerRateLimit
-from .body import BodyError, is_json_media_type, parse_json
+from .body import BodyError, is_json_media_type, parse_event_json
 from .pusher import BatchPusher, make_async_redis
 from .responses import (
     EVENT_ID_HEADER,
@@ -47,10 +51,7 @@ BODY_SLACK_FACTOR = 2
 
 #: A caller may choose the event id (a retry with the same id is delivered once: the ledger).
 _EVENT_ID_REQUEST = EVENT_ID_HEADER
-_WANTED = frozenset(
-    (b"content-type", b"content-length", b"x-app-id", b"x-app-token", b"authorization",
-     _EVENT_ID_REQUEST)
-)
+_JSON = b"application/json"
 _CLOSE = (b"connection", b"close")
 _OK_HEALTH = b'{"status":"ok"}'
 
@@ -73,7 +74,7 @@ class IngestApp:
     ):
         self.settings = settings
         self.auth = Authenticator(settings.ingest_credentials)
-        # Only prepare()/messages_for() are used: the LPUSH is ours (async, batched).
+        # Only stamp() is used: the LPUSH is ours (async, batched).
         self.producer = Producer(settings.replace(spool_dir=""), client=_NoSyncClient())
         self.pusher = pusher or BatchPusher(make_async_redis(settings), settings.queue)
         self.spool = None
@@ -90,7 +91,10 @@ class IngestApp:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             try:
-                response = await self._route(scope, receive)
+                if scope["path"] == EVENTS_PATH and scope["method"] == "POST":  # the hot path
+                    response = await self._events(scope, receive)
+                else:
+                    response = await self._route(scope, receive)
             except _Disconnected:
                 return
             except Exception:
@@ -111,6 +115,10 @@ class IngestApp:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.pusher.close()
+                self.log.info(
+                    "serve_pushed", events=self.pusher.pushed, round_trips=self.pusher.batches,
+                    answered_503=self.unavailable, pid=os.getpid(),
+                )
                 if self.spool is not None:
                     await asyncio.get_running_loop().run_in_executor(None, self.spool.close)
                 await send({"type": "lifespan.shutdown.complete"})
@@ -131,10 +139,21 @@ class IngestApp:
         return _error(404, f"no route for {method} {path[:200]}")
 
     async def _events(self, scope: dict, receive: Any) -> Response:
-        headers = {name: value for name, value in scope["headers"] if name in _WANTED}
-        caller = self.auth.identify(
-            headers.get(b"x-app-id"), headers.get(b"x-app-token"), headers.get(b"authorization")
-        )
+        content_type = app_id = app_token = authorization = event_id = length = None
+        for name, value in scope["headers"]:  # a loop beats a dict of them: most are skipped
+            if name == b"content-type":
+                content_type = value
+            elif name == b"x-app-id":
+                app_id = value
+            elif name == b"x-app-token":
+                app_token = value
+            elif name == b"content-length":
+                length = value
+            elif name == b"authorization":
+                authorization = value
+            elif name == _EVENT_ID_REQUEST:
+                event_id = value
+        caller = self.auth.identify(app_id, app_token, authorization)
         if caller is None:
             return _error(401, "send X-App-Id and X-App-Token (or Authorization: Bearer) "
                                "matching this service's ingest credentials")
@@ -143,40 +162,49 @@ class IngestApp:
             if wait_s:
                 after = b"%d" % CallerRateLimit.retry_after(wait_s)
                 return _error(429, None, (b"retry-after", after))
-        if not is_json_media_type(headers.get(b"content-type")):
+        if content_type != _JSON and not is_json_media_type(content_type):
             return _error(415, "send the event as Content-Type: application/json")
-        raw = await self._read_body(headers.get(b"content-length"), receive)
-        if raw is None:
-            return _error(413, f"the body is over {self.max_body_bytes} bytes", _CLOSE)
+        limit = self.max_body_bytes
+        if length is not None and length.isdigit() and int(length) > limit:
+            return self._too_large()
+        first = await receive()
+        raw = first.get("body", b"")
+        if first.get("more_body", False) or first["type"] != "http.request" or len(raw) > limit:
+            raw = await self._read_rest(first, receive)
+            if raw is None:
+                return self._too_large()
         try:
-            payload = parse_json(raw)
+            payload, fresh = parse_event_json(raw)
         except BodyError as exc:
             return _error(400, str(exc))
-        event_id = headers.get(_EVENT_ID_REQUEST)
         try:
             event_id_text = event_id.decode("ascii") if event_id is not None else None
-            _, envelope = self.producer.prepare(payload, event_id_text)
+            wire = (fresh and fast_validate(payload, fresh=True)) or validate_event(payload)
+            event_id_text, envelope = self.producer.stamp(wire, event_id_text)
         except UnicodeDecodeError:
             return _error(400, "event_id: must be ASCII")
         except PayloadTooLarge as exc:
             return _error(413, format_messages(exc.messages))
         except InvalidEvent as exc:
             return _error(400, format_messages(exc.messages))
-        message = self.producer.messages_for([envelope])[0]
-        error = await self._store(message)
-        if error is not None:
-            return self._unavailable(error)
-        body = success_body(envelope["payload"])
-        return 200, json_headers(body, (EVENT_ID_HEADER, envelope["id"].encode("ascii"))), body
+        message = event_message(envelope, self.settings.queue)
+        if self.spool is None:
+            try:
+                await self.pusher.push(message)
+            except (redis.RedisError, OSError) as exc:
+                return self._unavailable(exc)
+        else:
+            error = await self._store(message)
+            if error is not None:
+                return self._unavailable(error)
+        body = success_body(wire)
+        return 200, json_headers(body, (EVENT_ID_HEADER, event_id_text.encode("ascii"))), body
 
-    async def _read_body(self, declared: bytes | None, receive: Any) -> bytes | None:
-        """The whole body, or ``None`` when it is over the limit (read no further)."""
+    async def _read_rest(self, first: dict, receive: Any) -> bytes | None:
+        """The whole body from its ``first`` message on, or ``None`` once it is over the limit."""
         limit = self.max_body_bytes
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return None
-        chunks, size = [], 0
+        chunks, size, message = [], 0, first
         while True:
-            message = await receive()
             if message["type"] == "http.disconnect":
                 raise _Disconnected
             chunk = message.get("body", b"")
@@ -185,7 +213,11 @@ class IngestApp:
                 return None
             chunks.append(chunk)
             if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                return b"".join(chunks)
+            message = await receive()
+
+    def _too_large(self) -> Response:
+        return _error(413, f"the body is over {self.max_body_bytes} bytes", _CLOSE)
 
     async def _store(self, message: str) -> BaseException | None:
         """LPUSH (or spool) ``message``; return the error when it was stored nowhere.

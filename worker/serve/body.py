@@ -3,6 +3,10 @@
 ``json.loads`` recurses once per nesting level, so ``[[[[...]]]]`` a hundred thousand deep
 would exhaust the stack. The depth is checked on the raw bytes first; a body with fewer
 brackets than the limit (every real event) is passed without a scan.
+
+:func:`parse_json` is the reference (the standard library, precise error messages);
+:func:`parse_event_json` gives the same results with orjson, ~4x cheaper, and falls back to the
+reference for anything orjson would read differently or refuses.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import json
 import re
 from typing import Any
 
+from .. import jsoncodec
 from ..schemas import METADATA_MAX_DEPTH
 
 #: Deeper than anything the schema accepts (customer metadata nests 32 levels at depth 3),
@@ -66,3 +71,22 @@ def parse_json(raw: bytes) -> Any:
         raise BodyError("the body holds a number too long to read") from None
     except RecursionError:  # belt and braces: the depth check above should prevent this
         raise BodyError(f"the body nests deeper than {JSON_MAX_DEPTH} levels") from None
+
+
+def parse_event_json(raw: bytes) -> tuple[Any, bool]:
+    """``(parse_json(raw), fresh)``, or its ``BodyError``; ``fresh`` is for ``fast_validate``.
+
+    ``fresh`` is true when orjson read a body with no more opening brackets than the metadata
+    depth limit: then no metadata in it can fail the schema's metadata walk. orjson gives only
+    string keys, valid strings, finite floats and plain containers; what the walk would still
+    check is integers beyond 64 bits (impossible without 19 digits in a row, which
+    ``jsoncodec.loads_fast`` leaves to ``json``) and nesting (impossible past
+    ``METADATA_MAX_DEPTH`` with no more opening brackets than that in the whole text).
+    """
+    brackets = raw.count(b"{") + raw.count(b"[")
+    if brackets <= JSON_MAX_DEPTH or not json_depth_exceeds(raw):
+        try:
+            return jsoncodec.loads_fast(raw), brackets <= METADATA_MAX_DEPTH
+        except ValueError:  # a long digit run, or bad JSON: the reference reads or words it
+            pass
+    return parse_json(raw), False

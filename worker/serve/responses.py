@@ -8,17 +8,16 @@ from the exception's body. No response carries a stack trace or internal detail.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
+
+from ..jsoncodec import dumps
 
 #: Our event id, on every 200. uvicorn sends header names in lower case (as HTTP/2 must), so
 #: an SDK that hands headers over in a plain dict has it as ``x-ingest-event-id``.
 EVENT_ID_HEADER = b"x-ingest-event-id"
 JSON_TYPE = b"application/json; charset=utf-8"
 RETRY_AFTER_S = 2  # what a 503 tells the caller to wait before trying again
-
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 # status -> (key, message), as Voucherify spells them (worker/standin.py mimics the same table).
 ERRORS: dict[int, tuple[str, str]] = {
@@ -45,7 +44,7 @@ def error_body(status: int, details: str | None = None, *, rid: str | None = Non
     if details:
         body["details"] = details
     body["request_id"] = rid or request_id()
-    return _dumps(body).encode("utf-8")
+    return dumps(body)
 
 
 def success_body(wire: dict[str, Any]) -> bytes:
@@ -57,7 +56,7 @@ def success_body(wire: dict[str, Any]) -> bytes:
     sent = wire.get("customer") or {}
     customer = {k: sent[k] for k in ("id", "source_id", "name", "email", "metadata") if k in sent}
     customer["object"] = "customer"
-    return _dumps(
+    return dumps(
         {
             "object": "event",
             "type": wire.get("event"),
@@ -66,12 +65,12 @@ def success_body(wire: dict[str, Any]) -> bytes:
             "loyalty": None,
             "metadata": wire.get("metadata", {}),
         }
-    ).encode("utf-8")
+    )
 
 
 def json_headers(body: bytes, *extra: tuple[bytes, bytes]) -> list[tuple[bytes, bytes]]:
     return [
         (b"content-type", JSON_TYPE),
-        (b"content-length", str(len(body)).encode("ascii")),
+        (b"content-length", b"%d" % len(body)),
         *extra,
     ]
