@@ -386,13 +386,18 @@ def test_two_worker_processes_share_the_port_and_stop_cleanly(
     proc = make_process(serve_argv("--workers", "2"), env=serve_env(redis_url, namespace),
                         name="serve-2")
     client = Client(wait_ready(proc))
+    proc.wait_for_output(re.compile(r"(?s)startup complete.*startup complete"), timeout=10)
     ids = {client.post(EVENT)[1]["x-ingest-event-id"] for _ in range(40)}
     assert {e["id"] for e in queued(redis_client, namespace)} == ids
-    proc.wait_for_output(re.compile(r"(?s)startup complete.*startup complete"), timeout=10)
     assert proc.output().count('"event": "Started server process') == 2
-    # A worker process that dies is replaced; the port keeps answering meanwhile.
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     assert len(children) == 2
+    # Both answered (40 connections, each worker on its own SO_REUSEPORT socket; the chance
+    # that all land on one is 2**-39), and each message names the process that built it.
+    origins = {json.loads(raw)["headers"]["origin"].split("@")[0]
+               for raw in redis_client.lrange(namespace, 0, -1)}
+    assert origins == set(children)
+    # A worker process that dies is replaced; the port keeps answering meanwhile.
     os.kill(int(children[0]), signal.SIGKILL)
     proc.wait_for_output('"serve_worker_died"', timeout=10)
     assert all(client.post(EVENT)[0] == 200 for _ in range(10))

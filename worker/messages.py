@@ -26,7 +26,7 @@ DELIVER_BATCH = "voucherify.deliver_batch"
 
 #: Event ids end up in Redis key names and log lines: keep them to a safe alphabet.
 EVENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
-_ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
+_origin = [f"{os.getpid()}@{socket.gethostname()}"]  # Celery's "origin": this process
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
@@ -78,7 +78,8 @@ _AFTER_ID = (
     '"timelimit":[null,null],"root_id":'
 )
 _AFTER_ROOT = ',"parent_id":null,"argsrepr":'
-_AFTER_ARGSREPR = ',"kwargsrepr":"{}","origin":' + _dumps(_ORIGIN) + (
+_AFTER_KWARGSREPR = ',"kwargsrepr":"{}","origin":'
+_AFTER_ORIGIN = (
     ',"ignore_result":true,"replaced_task_nesting":0,"stamped_headers":null,"stamps":{}},'
     '"properties":{"correlation_id":'
 )
@@ -90,6 +91,15 @@ _TAIL = '"}}'
 #: Text that is its own JSON string body (no quote, backslash, control or non-ASCII character).
 _PLAIN = re.compile(r"[ !#-\[\]-~]*")
 _templates: dict[tuple[str, str], tuple[str, ...]] = {}  # (task, queue) -> the fixed parts
+
+
+def _new_process() -> None:
+    """After a fork (``serve --workers``, prefork pools): messages name the child as origin."""
+    _origin[0] = f"{os.getpid()}@{socket.gethostname()}"
+    _templates.clear()
+
+
+os.register_at_fork(after_in_child=_new_process)
 
 
 def _quoted(text: str) -> str:
@@ -105,7 +115,8 @@ def _fixed_parts(task: str, queue: str) -> tuple[str, ...]:
             _templates.clear()
         parts = _templates[(task, queue)] = (
             _HEAD, _AFTER_BODY + _dumps(task) + _AFTER_TASK, _AFTER_ID, _AFTER_ROOT,
-            _AFTER_ARGSREPR, _AFTER_CORRELATION + _dumps(queue) + _AFTER_QUEUE, _TAIL,
+            _AFTER_KWARGSREPR + _dumps(_origin[0]) + _AFTER_ORIGIN,
+            _AFTER_CORRELATION + _dumps(queue) + _AFTER_QUEUE, _TAIL,
         )
     return parts
 
