@@ -4,27 +4,39 @@ Same runner (uvicorn, httptools, uvloop, the same socket sharing and ``--workers
 route; the app reads the body and answers a constant ``EventsCreateResponseBody``-sized 200:
 no credentials check, no JSON parsing, no validation, no Redis.
 
-``--no-redis`` runs the real ``IngestApp`` with a pusher that stores nothing: everything but
-the ``LPUSH``, to show where the time goes (it is never a goal's baseline).
+Two diagnostics show where the time goes (neither is ever a goal's baseline):
 
-    python -m tests.bench.serve_bare --port 0 --workers 2 [--no-redis]
+- ``--no-redis`` runs the real ``IngestApp`` with a pusher that stores nothing: everything but
+  the ``LPUSH``.
+- ``--least-work`` does the least any enqueueing endpoint must do beyond the bare 200: read
+  the JSON, give it an id and a time, build its Celery message and let the event loop turn
+  once (where the real app waits for Redis to confirm), then answer. No credentials check, no
+  validation, no Redis: a ceiling for the enqueueing app's rate on this stack.
+
+    python -m tests.bench.serve_bare --port 0 --workers 2 [--no-redis | --least-work]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 
+import orjson
+
 from worker.logs import configure_logging
+from worker.messages import event_message, make_envelope
 from worker.serve.app import IngestApp
 from worker.serve.pusher import BatchPusher, make_async_redis
-from worker.serve.responses import json_headers
+from worker.serve.responses import JSON_TYPE, json_headers
 from worker.serve.runner import serve
 from worker.settings import Settings
 
 _BODY = (b'{"object":"event","type":"order_paid","customer":{"source_id":"user-1",'
          b'"object":"customer"},"referral":null,"loyalty":null,"metadata":{}}')
-_HEADERS = json_headers(_BODY, (b"x-ingest-event-id", b"00000000-0000-4000-8000-000000000000"))
+_EVENT_ID = (b"x-ingest-event-id", b"00000000-0000-4000-8000-000000000000")
+_HEADERS = json_headers(_BODY, _EVENT_ID)
+_HEADERS_NO_LENGTH = [(b"content-type", JSON_TYPE), _EVENT_ID]
 
 
 async def bare_app(scope, receive, send):
@@ -44,6 +56,22 @@ async def bare_app(scope, receive, send):
     await send({"type": "http.response.body", "body": _BODY})
 
 
+async def least_work_app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await bare_app(scope, receive, send)
+        return
+    message = await receive()
+    payload = orjson.loads(message["body"])
+    event_message(make_envelope(payload), "bench")
+    await asyncio.sleep(0)
+    body = orjson.dumps({"object": "event", "type": payload.get("event"),
+                         "customer": payload.get("customer"), "referral": None, "loyalty": None,
+                         "metadata": payload.get("metadata", {})})
+    await send({"type": "http.response.start", "status": 200, "headers": _HEADERS_NO_LENGTH
+                + [(b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
+
+
 class _NullPusher(BatchPusher):
     """Answers every push at once and stores nothing (benchmark diagnostics only)."""
 
@@ -60,11 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--no-redis", action="store_true")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--no-redis", action="store_true")
+    mode.add_argument("--least-work", action="store_true")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     configure_logging(settings, stream=sys.stdout)
-    make_app = (lambda: _no_redis_app(settings)) if args.no_redis else (lambda: bare_app)
+    if args.no_redis:
+        make_app = lambda: _no_redis_app(settings)  # noqa: E731
+    else:
+        app = least_work_app if args.least_work else bare_app
+        make_app = lambda: app  # noqa: E731
     serve(make_app, settings, host=args.host, port=args.port, workers=args.workers)
     return 0
 
