@@ -123,38 +123,47 @@ def _fixed_parts(task: str, queue: str) -> tuple[str, ...]:
 
 def build_message(
     task: str, args: list[Any], queue: str, *, task_id: str | None = None, argsrepr: str = "",
-    args_json: str | bytes | None = None, argsrepr_json: str | None = None,
+    args_json: str | bytes | None = None,
 ) -> str:
     """Return the JSON string kombu's Redis transport expects on the queue list.
 
     ``argsrepr`` is what Celery shows in logs and Flower; we pass event ids only, never the
-    payload (which carries emails and phone numbers). ``args_json`` and ``argsrepr_json`` are
-    ``args`` and ``argsrepr`` already encoded, for callers that have them.
+    payload (which carries emails and phone numbers). ``args_json`` is ``args`` already
+    encoded, for callers that have it.
     """
-    task_id_json = _quoted(task_id or new_event_id())
     if args_json is None:
         args_json = jsoncodec.dumps(args)
     elif isinstance(args_json, str):
         args_json = args_json.encode("utf-8")
-    body = b2a_base64(b"[" + args_json + _BODY_TAIL, newline=False).decode("ascii")
+    return _assemble(
+        task, queue, b"[" + args_json + _BODY_TAIL, _quoted(task_id or new_event_id()),
+        _quoted(argsrepr),
+    )
+
+
+def _assemble(task: str, queue: str, body: bytes, id_json: str, argsrepr_json: str) -> str:
     head, after_body, after_id, after_root, after_argsrepr, after_queue, tail = _fixed_parts(
         task, queue
     )
     return "".join((
-        head, body, after_body, task_id_json, after_id, task_id_json, after_root,
-        argsrepr_json or _quoted(argsrepr), after_argsrepr, task_id_json, after_queue,
+        head, b2a_base64(body, newline=False).decode("ascii"), after_body, id_json, after_id,
+        id_json, after_root, argsrepr_json, after_argsrepr, id_json, after_queue,
         os.urandom(16).hex(), tail,
     ))
 
 
 def event_message(envelope: dict[str, Any], queue: str) -> str:
-    """One event, one message; the Celery task id is the event id (easy to trace)."""
+    """One event, one message; the Celery task id is the event id (easy to trace).
+
+    Its ids are plain text (``EVENT_ID_RE``), so quoting them needs no JSON encoder.
+    """
     event_id = envelope["id"]
-    plain = _PLAIN.fullmatch(event_id) and "'" not in event_id
-    return build_message(
-        DELIVER_EVENT, [envelope], queue, task_id=event_id,
-        argsrepr_json=f'"(\'{event_id}\',)"' if plain else _dumps(f"({event_id!r},)"),
-    )
+    if _PLAIN.fullmatch(event_id) and "'" not in event_id:
+        id_json, argsrepr_json = f'"{event_id}"', f'"(\'{event_id}\',)"'
+    else:
+        id_json, argsrepr_json = _dumps(event_id), _dumps(f"({event_id!r},)")
+    body = b"[[" + jsoncodec.dumps(envelope) + b"]" + _BODY_TAIL
+    return _assemble(DELIVER_EVENT, queue, body, id_json, argsrepr_json)
 
 
 def batch_message(envelopes: list[dict[str, Any]], queue: str) -> str:
