@@ -13,6 +13,7 @@ import asyncio
 import base64
 import json
 import math
+import os
 import uuid
 
 import pytest
@@ -199,3 +200,24 @@ def test_pusher_reconnects_when_redis_closed_its_connection(redis_url, namespace
     asyncio.run(main())
     assert [m.decode() for m in reversed(redis_client.lrange(namespace, 0, -1))] == [
         "first", "second"]
+
+
+def test_delivery_tags_are_unique_and_a_forked_child_does_not_repeat_them():
+    def tag() -> str:
+        return json.loads(event_message(make_envelope({"event": "e"}), "q"))["properties"][
+            "delivery_tag"]
+
+    tags = [tag() for _ in range(1000)]
+    assert len(set(tags)) == len(tags)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child writes its next tags and leaves at once
+        os.write(write_end, " ".join(tag() for _ in range(100)).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    os.close(write_end)
+    child_tags = os.read(read_end, 1 << 16).decode().split()
+    os.close(read_end)
+    parent_tags = [tag() for _ in range(100)]
+    assert len(child_tags) == 100
+    assert not set(child_tags) & set(parent_tags + tags)

@@ -11,12 +11,14 @@ An *envelope* is the single task argument: ``{"id", "payload", "enqueued_at", "a
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 import socket
 import time
 from binascii import b2a_base64
+from collections.abc import Iterator
 from typing import Any
 
 from . import jsoncodec
@@ -93,9 +95,25 @@ _PLAIN = re.compile(r"[ !#-\[\]-~]*")
 _templates: dict[tuple[str, str], tuple[str, ...]] = {}  # (task, queue) -> the fixed parts
 
 
+def _new_tag_source() -> tuple[str, Iterator[int]]:
+    return os.urandom(8).hex(), itertools.count()
+
+
+#: Delivery tags (kombu's key for an unacked message) need only be unique: a random 64-bit
+#: prefix per process and a counter, instead of a getrandom() call per message.
+_tags = [_new_tag_source()]
+
+
+def _delivery_tag() -> str:
+    prefix, counter = _tags[0]
+    return f"{prefix}{next(counter):016x}"
+
+
 def _new_process() -> None:
-    """After a fork (``serve --workers``, prefork pools): messages name the child as origin."""
+    """After a fork (``serve --workers``, prefork pools): messages name the child as origin,
+    and its delivery tags must not repeat the parent's."""
     _origin[0] = f"{os.getpid()}@{socket.gethostname()}"
+    _tags[0] = _new_tag_source()
     _templates.clear()
 
 
@@ -148,7 +166,7 @@ def _assemble(task: str, queue: str, body: bytes, id_json: str, argsrepr_json: s
     return "".join((
         head, b2a_base64(body, newline=False).decode("ascii"), after_body, id_json, after_id,
         id_json, after_root, argsrepr_json, after_argsrepr, id_json, after_queue,
-        os.urandom(16).hex(), tail,
+        _delivery_tag(), tail,
     ))
 
 

@@ -18,6 +18,7 @@ from ..jsoncodec import dumps
 EVENT_ID_HEADER = b"x-ingest-event-id"
 JSON_TYPE = b"application/json; charset=utf-8"
 RETRY_AFTER_S = 2  # what a 503 tells the caller to wait before trying again
+_ECHOED_CUSTOMER_FIELDS = frozenset(("id", "source_id", "name", "email", "metadata"))
 
 # status -> (key, message), as Voucherify spells them (worker/standin.py mimics the same table).
 ERRORS: dict[int, tuple[str, str]] = {
@@ -54,7 +55,8 @@ def success_body(wire: dict[str, Any]) -> bytes:
     worker delivers the event, so ``id`` is present only when the caller sent one.
     """
     sent = wire.get("customer") or {}
-    customer = {k: sent[k] for k in ("id", "source_id", "name", "email", "metadata") if k in sent}
+    # The wire customer is in the schema's field order, so these come out in that order too.
+    customer = {name: value for name, value in sent.items() if name in _ECHOED_CUSTOMER_FIELDS}
     customer["object"] = "customer"
     return dumps(
         {
