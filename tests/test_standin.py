@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from worker import standin as standin_module
 from worker.standin import StandIn, drop, garbage, html, respond, stall
+from worker.standin import wire as standin_wire
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -149,13 +149,13 @@ def test_chunked_bodies_are_read_and_oversized_ones_refused(api, http):
 
 
 def test_without_jsonschema_bodies_are_parsed_but_not_checked(api, http, monkeypatch):
-    monkeypatch.setattr(standin_module, "jsonschema", None)
-    standin_module._validator.cache_clear()
+    monkeypatch.setattr(standin_wire, "jsonschema", None)
+    standin_wire._validator.cache_clear()
     try:
         assert post(http, api, body={"event": 5}).status_code == 200
         assert post(http, api, body=[1]).status_code == 400
     finally:
-        standin_module._validator.cache_clear()
+        standin_wire._validator.cache_clear()
     first, second = api.received()
     assert first.schema_valid and not first.schema_checked
     assert not second.schema_valid and not second.schema_checked
