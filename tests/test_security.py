@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -25,6 +26,7 @@ from tests.support.pipeline import APP_ID, make_env, worker_argv
 from worker.dlq import DeadLetterStore
 from worker.keys import Keys
 from worker.messages import build_message, make_envelope
+from worker.serve.pusher import BatchPusher, make_async_redis
 from worker.settings import Settings
 from worker.standin import StandIn, respond
 
@@ -167,6 +169,26 @@ def test_redis_password_over_tls_end_to_end(make_redis_server, make_process, sta
         assert "rediss://" in worker.output()
     finally:
         producer.close()
+
+
+def test_serve_pusher_connection_over_tls_with_a_password(make_redis_server):
+    """``serve`` pushes on a connection of its own: it must carry TLS and the password too."""
+    server = make_redis_server(password="tls-" + secrets.token_hex(8), tls=True)
+    queue = "tpush" + secrets.token_hex(3)
+    settings = Settings.from_env({"REDIS_URL": server.url, "VOUCHERIFY_QUEUE": queue})
+
+    async def main() -> None:
+        pusher = BatchPusher(make_async_redis(settings), queue)
+        await asyncio.gather(*(pusher.push(f"m{i}") for i in range(50)))
+        await pusher.close()
+
+    asyncio.run(main())
+    client = server.client()
+    try:
+        assert sorted(m.decode() for m in client.lrange(queue, 0, -1)) == sorted(
+            f"m{i}" for i in range(50))
+    finally:
+        client.close()
 
 
 def test_plaintext_client_cannot_talk_to_the_tls_redis(make_redis_server):
