@@ -39,9 +39,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-import orjson
 import redis
 
+from worker import jsoncodec
 from worker.errors import InvalidEvent, format_messages
 from worker.keys import Keys
 from worker.redis_conn import broker_unavailable
@@ -417,7 +417,6 @@ def read_csv(text: IO[str]) -> Iterator[Record]:
 # -- event ids --------------------------------------------------------------------------------
 
 _canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
-_SORTED = orjson.OPT_SORT_KEYS
 
 
 def get_path(data: Any, dotted: str) -> Any:
@@ -433,9 +432,8 @@ def derive_event_id(payload: Any, id_field: str | None = None) -> str:
     """The record's event id: the ``id_field`` value as is, else ``bf-`` + a content hash.
 
     The hash is over the record's canonical JSON (sorted keys, no whitespace), so re-reading
-    the same record, in any key order or file format, gives the same id. orjson writes it (a
-    tenth of ``json.dumps``'s cost); a record it cannot write (an integer over 64 bits, a
-    non-string key) always falls back to ``json``, so the id still depends on the record alone.
+    the same record, in any key order or file format, gives the same id (``worker.jsoncodec``:
+    orjson, or ``json`` for a record orjson cannot write, always the same for a given record).
     """
     if id_field:
         value = get_path(payload, id_field)
@@ -443,12 +441,11 @@ def derive_event_id(payload: Any, id_field: str | None = None) -> str:
             raise InvalidEvent({id_field: ["--id-field: missing, empty, or not a string/integer"]})
         return str(value)
     try:
-        canonical = orjson.dumps(payload, option=_SORTED)
-    except TypeError:  # orjson.JSONEncodeError is a TypeError
-        try:
-            canonical = _canonical(payload).encode("utf-8", "surrogatepass")
-        except (TypeError, ValueError):
-            raise InvalidEvent({"_schema": ["event payload must be a JSON object"]}) from None
+        canonical = jsoncodec.dumps(payload, sort_keys=True)
+    except UnicodeEncodeError:  # an unpaired surrogate: hash it anyway, validation words it
+        canonical = _canonical(payload).encode("utf-8", "surrogatepass")
+    except (TypeError, ValueError):
+        raise InvalidEvent({"_schema": ["event payload must be a JSON object"]}) from None
     return "bf-" + hashlib.sha256(canonical).hexdigest()[:32]
 
 

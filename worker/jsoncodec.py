@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 _std_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_std_sorted = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode
 #: Every digit becomes "0", everything else a space: a run of 19 digits (the shortest integer
 #: literal that can fall outside the signed 64-bit range) is then a plain substring search,
 #: ~5x cheaper than a regular expression.
@@ -27,12 +28,16 @@ _ZEROS = b"0" * 19
 _DIGIT_RUNS = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
 
 
-def dumps(value: Any) -> bytes:
-    """``value`` as compact UTF-8 JSON."""
+def dumps(value: Any, *, sort_keys: bool = False) -> bytes:
+    """``value`` as compact UTF-8 JSON; ``sort_keys`` for a canonical form (content hashes).
+
+    Raises ``TypeError`` for what is not JSON and ``ValueError`` (``UnicodeEncodeError``) for
+    a string with an unpaired surrogate, as the standard library does.
+    """
     try:
-        return orjson.dumps(value)
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort_keys else None)
     except TypeError:  # orjson.JSONEncodeError: let the standard library decide (or raise)
-        return _std_dumps(value).encode("utf-8")
+        return (_std_sorted if sort_keys else _std_dumps)(value).encode("utf-8")
 
 
 def has_long_digit_run(raw: bytes) -> bool:

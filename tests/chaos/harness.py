@@ -6,9 +6,10 @@ Sizes: ``VOUCHERIFY_CHAOS_EVENTS`` (default 5,000) events per scenario;
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import redis
 import requests
@@ -128,6 +129,18 @@ class Outcomes:
 
     def close(self) -> None:
         self.redis.close()
+
+
+@contextlib.contextmanager
+def scenario(env: dict[str, str]) -> Iterator[tuple[Producer, Outcomes]]:
+    """The producer and the outcome reader of a scenario run with ``env``; closed at its end."""
+    settings = Settings.from_env(env)
+    producer, outcomes = Producer(settings), Outcomes(settings)
+    try:
+        yield producer, outcomes
+    finally:
+        outcomes.close()
+        producer.close()
 
 
 def wait_until_accounted(

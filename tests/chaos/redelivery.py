@@ -74,6 +74,13 @@ class RedeliveryProbe(threading.Thread):
         self.join(timeout=5)
         self.client.close()
 
+    def __enter__(self) -> RedeliveryProbe:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def summary(self) -> dict[str, object]:
         times = sorted(self.times_s)
         if not times:

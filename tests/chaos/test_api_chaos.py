@@ -9,18 +9,16 @@ import time
 
 import pytest
 
-from producers import Producer
 from tests.chaos.accounting import account, answer_after_timeout
 from tests.chaos.harness import (
-    Outcomes,
     Workers,
     chaos_env,
     drain_budget_s,
     enqueue,
     event_count,
+    scenario,
     wait_until_accounted,
 )
-from worker.settings import Settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(drain_budget_s(event_count(), 0.06, 240))]
 
@@ -40,12 +38,9 @@ def test_api_chaos_and_429_storms(
         VOUCHERIFY_RATE_LIMIT="2000/s,burst=100",
         VOUCHERIFY_READ_TIMEOUT_S=str(READ_TIMEOUT_S),
     )
-    settings = Settings.from_env(env)
-    producer = Producer(settings)
-    outcomes = Outcomes(settings)
-    # The default 16 deliveries per worker: a stalled request holds a thread for 2 s.
-    workers = Workers(make_process, env, concurrency=16)
-    try:
+    with scenario(env) as (producer, outcomes):
+        # The default 16 deliveries per worker: a stalled request holds a thread for 2 s.
+        workers = Workers(make_process, env, concurrency=16)
         ids = enqueue(producer, chaos_events)
         standin.set_chaos(**CHAOS)
         workers.start("a")
@@ -76,6 +71,3 @@ def test_api_chaos_and_429_storms(
             assert outcomes_seen.get(kind), f"no {kind} happened: the scenario proves less"
         assert report.dead_lettered == 0, "an event used up its 8 retries"
         assert workers.all_running()
-    finally:
-        outcomes.close()
-        producer.close()

@@ -13,18 +13,16 @@ import time
 
 import pytest
 
-from producers import Producer
 from tests.chaos.accounting import account
 from tests.chaos.harness import (
-    Outcomes,
     Workers,
     chaos_env,
     drain_budget_s,
     enqueue,
     event_count,
+    scenario,
     wait_until_accounted,
 )
-from worker.settings import Settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(drain_budget_s(event_count(), 0.06, 240))]
 
@@ -45,11 +43,8 @@ def test_outage_longer_than_retries_then_replay(
 ):
     standin = remote_standin
     env = chaos_env(redis_url, namespace, standin.url, VOUCHERIFY_MAX_RETRIES=str(MAX_RETRIES))
-    settings = Settings.from_env(env)
-    producer = Producer(settings)
-    outcomes = Outcomes(settings)
-    workers = Workers(make_process, env)
-    try:
+    with scenario(env) as (producer, outcomes):
+        workers = Workers(make_process, env)
         ids = enqueue(producer, chaos_events)
         standin.set_down(503)
         workers.start("a")
@@ -82,6 +77,3 @@ def test_outage_longer_than_retries_then_replay(
         report.check()
         assert report.dead_lettered == 0 and report.delivered == len(set(ids))
         assert again["replayed"] == 0
-    finally:
-        outcomes.close()
-        producer.close()

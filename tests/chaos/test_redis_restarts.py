@@ -7,18 +7,16 @@ import time
 
 import pytest
 
-from producers import Producer
 from tests.chaos.accounting import account
 from tests.chaos.harness import (
-    Outcomes,
     Workers,
     chaos_env,
     drain_budget_s,
     enqueue,
     event_count,
+    scenario,
     wait_until_accounted,
 )
-from worker.settings import Settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(drain_budget_s(event_count(), 0.05, 240))]
 
@@ -30,12 +28,9 @@ def test_redis_restarted_twice_mid_run(
 ):
     standin = remote_standin
     env = chaos_env(private_redis.url, namespace, standin.url)
-    settings = Settings.from_env(env)
-    producer = Producer(settings)
-    outcomes = Outcomes(settings)
-    workers = Workers(make_process, env)
-    half = chaos_events // 2
-    try:
+    with scenario(env) as (producer, outcomes):
+        workers = Workers(make_process, env)
+        half = chaos_events // 2
         ids = enqueue(producer, half)
         workers.start("a")
         workers.start("b")
@@ -63,6 +58,3 @@ def test_redis_restarted_twice_mid_run(
         assert done, f"not all accounted for within {budget:.0f}s: {outcomes.pending()}"
         report.check()
         assert workers.all_running(), "a worker died when Redis went away"
-    finally:
-        outcomes.close()
-        producer.close()

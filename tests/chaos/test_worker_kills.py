@@ -13,7 +13,6 @@ import time
 
 import pytest
 
-from producers import Producer
 from tests.chaos.accounting import (
     KILL_WINDOW_BEFORE_S,
     account,
@@ -22,13 +21,13 @@ from tests.chaos.accounting import (
 )
 from tests.chaos.harness import (
     LONG_ENV,
-    Outcomes,
     Workers,
     chaos_env,
     drain_budget_s,
     enqueue,
     event_count,
     long_run,
+    scenario,
     wait_until_accounted,
 )
 from tests.chaos.redelivery import RedeliveryProbe
@@ -65,13 +64,11 @@ def test_sigkill_every_two_seconds(
         VOUCHERIFY_VISIBILITY_TIMEOUT_S=str(VISIBILITY_S),
         VOUCHERIFY_RESTORE_INTERVAL_S="1",
     )
-    settings = Settings.from_env(env)
-    producer = Producer(settings)
-    outcomes = Outcomes(settings)
-    probe = RedeliveryProbe(redis_url, outcomes.keys.unacked_index)
-    probe.start()
-    workers = Workers(make_process, env, concurrency=CONCURRENCY)
-    try:
+    with (
+        scenario(env) as (producer, outcomes),
+        RedeliveryProbe(redis_url, outcomes.keys.unacked_index) as probe,
+    ):
+        workers = Workers(make_process, env, concurrency=CONCURRENCY)
         ids = enqueue(producer, chaos_events)
         workers.start("a")
         workers.start("b")
@@ -117,10 +114,6 @@ def test_sigkill_every_two_seconds(
         times = probe.times_s
         assert times, "no killed worker held a message when it died: nothing was measured"
         assert max(times) < REDELIVERY_GOAL_S, probe.summary()
-    finally:
-        probe.stop()
-        outcomes.close()
-        producer.close()
 
 
 LATENCY_S = 0.3
@@ -138,13 +131,11 @@ def test_redelivery_after_sigkill_with_default_settings(
         redis_url, namespace, standin.url,
         **{name: str(getattr(Settings(), field)) for field, name in DEFAULTS.items()},
     )
-    settings = Settings.from_env(env)
-    producer = Producer(settings)
-    outcomes = Outcomes(settings)
-    probe = RedeliveryProbe(redis_url, outcomes.keys.unacked_index)
-    probe.start()
-    workers = Workers(make_process, env, concurrency=CONCURRENCY)
-    try:
+    with (
+        scenario(env) as (producer, outcomes),
+        RedeliveryProbe(redis_url, outcomes.keys.unacked_index) as probe,
+    ):
+        workers = Workers(make_process, env, concurrency=CONCURRENCY)
         ids = enqueue(producer, 400)
         workers.start("a")
         workers.start("b")
@@ -165,15 +156,11 @@ def test_redelivery_after_sigkill_with_default_settings(
             1 for r in received if r.status == 200 and window(r))
         report.extra["redelivery after SIGKILL"] = probe.summary()
         report.extra["settings"] = (
-            f"visibility {settings.visibility_timeout_s:g} s, "
-            f"sweep every {settings.restore_interval_s:g} s"
+            f"visibility {outcomes.settings.visibility_timeout_s:g} s, "
+            f"sweep every {outcomes.settings.restore_interval_s:g} s"
         )
         chaos_report(report)
         assert done, outcomes.pending()
         report.check()
         assert probe.times_s, "the killed worker held nothing: nothing was measured"
         assert max(probe.times_s) < REDELIVERY_GOAL_S, probe.summary()
-    finally:
-        probe.stop()
-        outcomes.close()
-        producer.close()

