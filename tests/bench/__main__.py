@@ -10,6 +10,7 @@ import argparse
 import importlib
 import os
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -28,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=None, help=f"some of {MODULES}")
     args = parser.parse_args(argv)
     names = args.only or MODULES
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C: the finally blocks below and in each
+    # benchmark stop the redis-server and worker processes they started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
     server = None
     redis_url = os.environ.get("REDIS_URL", "").strip()
