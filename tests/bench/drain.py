@@ -31,7 +31,7 @@ from worker.messages import build_message
 from worker.settings import Settings
 
 APP_ID, APP_TOKEN = "bench-app", "bench-token-value"
-CONCURRENCY = 16
+CONCURRENCY = 16  # VOUCHERIFY_WORKER_CONCURRENCY's default
 REPEATS = 3
 POLL_S = 0.2
 SWEEP = (1, 10, 25, 50, 100, 200)
@@ -123,7 +123,8 @@ def measure(standin: StandInProcess, n: int, worker: ManagedProcess, timeout_s: 
     return Drain(events / max(t1 - t0, 1e-6), (u1 - u0) / events * 1e6, (v1 - v0) / events * 1e6)
 
 
-def _cleanup(client: redis.Redis, ns: str) -> None:
+def delete_namespace(client: redis.Redis, ns: str) -> None:
+    """Delete every key a benchmark run made under its ``ns`` prefix."""
     for key in client.scan_iter(match=f"{ns}*", count=1000):
         client.delete(key)
 
@@ -154,7 +155,7 @@ def run_ours(ctx: BenchContext, standin: StandInProcess, n: int, batch_size: int
         if worker is not None:
             worker.terminate()
         producer.close()
-        _cleanup(client, ns)
+        delete_namespace(client, ns)
         client.close()
 
 
@@ -194,14 +195,18 @@ def bare_worker_command(ctx: BenchContext, standin: StandInProcess, queue: str,
     return argv, env
 
 
-def run_bare(ctx: BenchContext, standin: StandInProcess, n: int) -> Drain:
+def run_bare(ctx: BenchContext, standin: StandInProcess, n: int, *, prepare=None) -> Drain:
+    """The baseline of ``run_ours``: ``n`` bare task messages, the bare worker, measured.
+
+    ``prepare`` runs after queueing, before the worker starts (default: reset the stand-in).
+    """
     ns = "bb" + secrets.token_hex(4)
     queue = f"{ns}-events"
     client = redis.Redis.from_url(ctx.redis_url)
     worker = None
     try:
         push_bare_events(client, queue, n)
-        standin.reset()
+        (prepare or standin.reset)()
         argv, env = bare_worker_command(ctx, standin, queue)
         worker = ManagedProcess(argv, env=env, cwd=ROOT, name="bare",
                                 log_dir=ctx.workdir).start()
@@ -210,7 +215,7 @@ def run_bare(ctx: BenchContext, standin: StandInProcess, n: int) -> Drain:
         if worker is not None:
             worker.terminate()
         client.delete(queue)
-        _cleanup(client, ns)
+        delete_namespace(client, ns)
         client.close()
 
 

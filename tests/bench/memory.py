@@ -20,9 +20,11 @@ import redis
 from producers import Producer
 from tests.bench import BenchContext, Row
 from tests.bench.drain import (
+    CONCURRENCY,
     ROOT,
     StandInProcess,
     bare_worker_command,
+    delete_namespace,
     event,
     measure,
     push_bare_events,
@@ -31,7 +33,6 @@ from tests.bench.drain import (
 from tests.support.procs import ManagedProcess
 from worker.settings import Settings
 
-CONCURRENCY = 16
 MB = 1024 * 1024
 
 
@@ -64,11 +65,6 @@ def _drain(ctx: BenchContext, standin: StandInProcess, n: int, argv: list[str], 
         worker.terminate()
 
 
-def _cleanup(client: redis.Redis, ns: str) -> None:
-    for key in client.scan_iter(match=f"{ns}*", count=1000):
-        client.delete(key)
-
-
 def run(ctx: BenchContext) -> list[Row]:
     n = 5_000 if ctx.quick else 100_000
     standin = StandInProcess(ctx.workdir)
@@ -93,7 +89,7 @@ def run(ctx: BenchContext) -> list[Row]:
         ], env, "ours")
     finally:
         standin.stop()
-        _cleanup(client, ns)
+        delete_namespace(client, ns)
         client.close()
     ready, peak, rate = ours
     bare_ready, bare_peak, bare_rate = bare

@@ -14,29 +14,15 @@ The stand-in runs in its own process (``python -m worker.standin``); the rate is
 
 from __future__ import annotations
 
-import secrets
-
-import redis
-
 from tests.bench import BenchContext, Row, drain, median
 from tests.bench.drain import (
-    ROOT,
+    CONCURRENCY,
     Drain,
     StandInProcess,
-    bare_worker_command,
-    measure,
-    push_bare_events,
 )
-from tests.support.procs import ManagedProcess
 
-CONCURRENCY = 16  # VOUCHERIFY_WORKER_CONCURRENCY's default
 REPEATS = 3
 LATENCY_S = 0.05
-
-
-def _cleanup(client: redis.Redis, ns: str) -> None:
-    for key in client.scan_iter(match=f"{ns}*", count=1000):
-        client.delete(key)
 
 
 def _set_latency(standin: StandInProcess, latency_s: float) -> None:
@@ -53,22 +39,7 @@ def run_ours(ctx: BenchContext, standin: StandInProcess, n: int, latency_s: floa
 
 
 def run_bare(ctx: BenchContext, standin: StandInProcess, n: int, latency_s: float) -> Drain:
-    ns = "bu" + secrets.token_hex(4)
-    queue = f"{ns}-events"
-    client = redis.Redis.from_url(ctx.redis_url)
-    worker = None
-    try:
-        push_bare_events(client, queue, n)
-        _set_latency(standin, latency_s)
-        argv, env = bare_worker_command(ctx, standin, queue, CONCURRENCY)
-        worker = ManagedProcess(argv, env=env, cwd=ROOT, name="bare",
-                                log_dir=ctx.workdir).start()
-        return measure(standin, n, worker, timeout_s=max(120.0, n / 20))
-    finally:
-        if worker is not None:
-            worker.terminate()
-        _cleanup(client, ns)
-        client.close()
+    return drain.run_bare(ctx, standin, n, prepare=lambda: _set_latency(standin, latency_s))
 
 
 def _pair(ctx, standin, n, latency_s, repeats) -> tuple[list[Drain], list[Drain]]:
