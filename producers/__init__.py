@@ -5,9 +5,14 @@
 '7c0e...'
 """
 
-from worker.errors import BrokerUnavailable, IngestError, InvalidEvent, PayloadTooLarge, SpoolFull
-
-from .producer import Producer, enqueue_event, enqueue_events, get_producer, set_producer
+from producers.producer import Producer, enqueue_event, enqueue_events, get_producer, set_producer
+from voucherify_ingest.errors import (
+    BrokerUnavailable,
+    IngestError,
+    InvalidEvent,
+    PayloadTooLarge,
+    SpoolFull,
+)
 
 __all__ = [
     # the calls a web app needs

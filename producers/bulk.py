@@ -41,12 +41,11 @@ from typing import IO, Any
 
 import redis
 
-from worker import jsoncodec
-from worker.errors import InvalidEvent, format_messages
-from worker.keys import Keys
-from worker.redis_conn import broker_unavailable
-
-from .producer import Producer
+from producers.producer import Producer
+from voucherify_ingest import jsoncodec
+from voucherify_ingest.errors import InvalidEvent, format_messages
+from voucherify_ingest.keys import Keys
+from voucherify_ingest.redis_conn import broker_unavailable
 
 #: Events per batch message, chosen by measurement (see the README's backfill section):
 #: past ~50 the worker's drain rate stops improving, while a bigger batch makes a killed
@@ -432,7 +431,7 @@ def derive_event_id(payload: Any, id_field: str | None = None) -> str:
     """The record's event id: the ``id_field`` value as is, else ``bf-`` + a content hash.
 
     The hash is over the record's canonical JSON (sorted keys, no whitespace), so re-reading
-    the same record, in any key order or file format, gives the same id (``worker.jsoncodec``:
+    the same record, in any key order or file format, gives the same id (``voucherify_ingest.jsoncodec``:
     orjson, or ``json`` for a record orjson cannot write, always the same for a given record).
     """
     if id_field:

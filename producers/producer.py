@@ -1,6 +1,6 @@
 """The enqueue API: validate at the door, stamp an id and a UTC time, cap the size, LPUSH.
 
-One ``LPUSH`` of a pre-built Celery message per event (``worker.messages``): no kombu publish
+One ``LPUSH`` of a pre-built Celery message per event (``voucherify_ingest.messages``): no kombu publish
 path, no per-call client construction. Safe after ``fork()``: redis-py's connection pool notices
 the new pid and opens fresh connections in the child.
 """
@@ -14,12 +14,12 @@ from typing import Any
 
 import redis
 
-from worker import jsoncodec
-from worker.errors import InvalidEvent, PayloadTooLarge, SpoolFull
-from worker.messages import EVENT_ID_RE, batch_message, event_message, make_envelope
-from worker.redis_conn import broker_unavailable, make_redis
-from worker.schemas import validate_event
-from worker.settings import Settings
+from voucherify_ingest import jsoncodec
+from voucherify_ingest.errors import InvalidEvent, PayloadTooLarge, SpoolFull
+from voucherify_ingest.events import validate_event
+from voucherify_ingest.messages import EVENT_ID_RE, batch_message, event_message, make_envelope
+from voucherify_ingest.redis_conn import broker_unavailable, make_redis
+from voucherify_ingest.settings import Settings
 
 
 def check_event_id(event_id: str) -> str:
@@ -40,7 +40,7 @@ class Producer:
         self._redis = client or make_redis(self.settings)
         self.spool = None
         if self.settings.spool_dir:
-            from .spool import Spool  # optional: only when a spool directory is configured
+            from producers.spool import Spool  # optional: only when a spool directory is configured
 
             self.spool = Spool.for_settings(self.settings, self._redis)
 

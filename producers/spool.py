@@ -36,10 +36,7 @@ from typing import Any
 import redis
 import structlog
 
-from worker.errors import BrokerUnavailable, ConfigError, SpoolFull
-from worker.settings import Settings
-
-from .spool_files import (
+from producers.spool_files import (
     FORMAT,
     create_locked,
     flush_dead,
@@ -51,6 +48,8 @@ from .spool_files import (
     release_owner,
     write_all,
 )
+from voucherify_ingest.errors import BrokerUnavailable, ConfigError, SpoolFull
+from voucherify_ingest.settings import Settings
 
 PROBE_MIN_S = 0.5
 PROBE_MAX_S = 2.0

@@ -3,7 +3,7 @@ a hang.
 
 ``tests/test_schemas.py`` proves ``validate_event`` on random values. This file goes one door
 further out: ``Producer.enqueue_event`` (validation + size cap + event id + what reaches the
-queue), raw request bytes as the HTTP ingest endpoint reads them (``worker.serve.body``), and
+queue), raw request bytes as the HTTP ingest endpoint reads them (``producers.serve.body``), and
 ``voucherify-ingest enqueue`` reading standard input: wrong types, huge strings, deep nesting,
 invalid UTF-8, NaN, 10 MB bodies.
 """
@@ -25,12 +25,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from producers import Producer
+from producers.serve.body import BodyError, parse_json
 from tests.test_schemas import FULL, json_ish, minimal, mutated_payloads
-from worker.errors import InvalidEvent, PayloadTooLarge
-from worker.messages import EVENT_ID_RE
-from worker.schemas import validate_event
-from worker.serve.body import BodyError, parse_json
-from worker.settings import Settings
+from voucherify_ingest.errors import InvalidEvent, PayloadTooLarge
+from voucherify_ingest.events import validate_event
+from voucherify_ingest.messages import EVENT_ID_RE
+from voucherify_ingest.settings import Settings
 
 MB = 1024 * 1024
 CALL_BOUND_S = 5.0  # a generous bound on one call, even for 10 MB on a busy machine
@@ -260,7 +260,7 @@ def test_cli_enqueue_answers_bad_stdin_with_one_clear_line(name, redis_url, name
     env = {**os.environ, "REDIS_URL": redis_url, "VOUCHERIFY_QUEUE": f"{namespace}-events",
            "VOUCHERIFY_KEY_PREFIX": namespace}
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "worker.cli", "enqueue"],
+    done = subprocess.run([sys.executable, "-m", "voucherify_ingest.cli", "enqueue"],
                           input=CLI_CASES[name], env=env, capture_output=True, timeout=60)
     assert time.monotonic() - started < 30
     err = done.stderr.decode("utf-8", "replace")

@@ -30,11 +30,11 @@ from producers.bulk import (
     read_ndjson,
     read_records,
 )
-from worker.errors import InvalidEvent
-from worker.messages import DELIVER_BATCH, DELIVER_EVENT
-from worker.settings import Settings
+from voucherify_ingest.errors import InvalidEvent
+from voucherify_ingest.messages import DELIVER_BATCH, DELIVER_EVENT
+from voucherify_ingest.settings import Settings
 
-CLI = [sys.executable, "-m", "worker.cli"]
+CLI = [sys.executable, "-m", "voucherify_ingest.cli"]
 
 
 def event(n: int, **extra) -> dict:

@@ -10,7 +10,7 @@ import pytest
 
 from tests.support.pipeline import make_env
 
-CLI = [sys.executable, "-m", "worker.cli"]
+CLI = [sys.executable, "-m", "voucherify_ingest.cli"]
 
 
 def run(args, env, stdin=None, timeout=60):

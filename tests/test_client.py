@@ -7,16 +7,16 @@ import json
 
 import pytest
 
-from worker.client import VoucherifyClient, classify, parse_retry_after
-from worker.errors import (
+from voucherify_ingest.errors import (
     AuthRejected,
     PermanentDelivery,
     QuotaExhausted,
     RateLimited,
     RetryableDelivery,
 )
-from worker.settings import Settings
-from worker.standin import StandIn, drop, garbage, html, respond, stall
+from voucherify_ingest.settings import Settings
+from voucherify_ingest.standin import StandIn, drop, garbage, html, respond, stall
+from worker.client import VoucherifyClient, classify, parse_retry_after
 
 ERROR_BODY = json.dumps({
     "code": 404, "key": "not_found", "message": "Resource not found",

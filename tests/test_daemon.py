@@ -23,8 +23,8 @@ import pytest
 
 from producers import Producer
 from tests.support.pipeline import make_env, worker_argv
-from worker.keys import Keys
-from worker.settings import Settings
+from voucherify_ingest.keys import Keys
+from voucherify_ingest.settings import Settings
 from worker.shutdown import stop_timeout_s
 
 pytestmark = pytest.mark.e2e
@@ -341,7 +341,7 @@ def test_worker_survives_redis_crashing_under_it_and_loses_nothing(
 
 def _check(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "worker.cli", "check", "--skip-api", *args],
+        [sys.executable, "-m", "voucherify_ingest.cli", "check", "--skip-api", *args],
         env={**os.environ, **env}, capture_output=True, text=True, timeout=60,
     )
 

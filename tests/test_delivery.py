@@ -9,13 +9,13 @@ import time
 import pytest
 import redis
 
+from voucherify_ingest.deadletters import DeadLetterStore
+from voucherify_ingest.keys import Keys
+from voucherify_ingest.messages import make_envelope
+from voucherify_ingest.settings import Settings
+from voucherify_ingest.standin import StandIn, respond
 from worker.delayed import DelayedQueue
 from worker.delivery import Deliverer, OutcomeNotStored
-from worker.dlq import DeadLetterStore
-from worker.keys import Keys
-from worker.messages import make_envelope
-from worker.settings import Settings
-from worker.standin import StandIn, respond
 
 EVENT = {"event": "signed_up", "customer": {"source_id": "u1"}}
 

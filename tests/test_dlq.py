@@ -18,10 +18,10 @@ import pytest
 from click.testing import CliRunner
 from structlog.testing import capture_logs
 
-from worker.cli import main as cli_main
-from worker.dlq import REASONS, DeadLetterQueue, Retention, make_entry
-from worker.keys import Keys
-from worker.messages import DELIVER_EVENT
+from voucherify_ingest.cli import main as cli_main
+from voucherify_ingest.deadletters import REASONS, DeadLetterQueue, Retention, make_entry
+from voucherify_ingest.keys import Keys
+from voucherify_ingest.messages import DELIVER_EVENT
 
 T0 = 1_700_000_000.0
 
@@ -503,7 +503,7 @@ def test_replay_shows_a_progress_bar_on_a_tty_only(dlq, redis_url, keys):
     _seed(dlq, [_entry(n) for n in range(40)])
     env = {**os.environ, "REDIS_URL": redis_url, "VOUCHERIFY_KEY_PREFIX": keys.prefix,
            "VOUCHERIFY_QUEUE": keys.queue, "VOUCHERIFY_LOG_FORMAT": "json"}
-    argv = [sys.executable, "-m", "worker.cli", "dlq", "replay", "--chunk-size", "10",
+    argv = [sys.executable, "-m", "voucherify_ingest.cli", "dlq", "replay", "--chunk-size", "10",
             "--limit", "20"]
     leader, follower = os.openpty()
     proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=follower,

@@ -17,12 +17,12 @@ import pytest
 
 from producers.bulk import BulkLoader, Record
 from tests.support.pipeline import APP_ID, APP_TOKEN
+from voucherify_ingest.deadletters import DeadLetterStore
+from voucherify_ingest.keys import Keys
+from voucherify_ingest.messages import DELIVER_BATCH, make_envelope
+from voucherify_ingest.settings import Settings
+from voucherify_ingest.standin import StandIn, respond
 from worker.delivery import Deliverer
-from worker.dlq import DeadLetterStore
-from worker.keys import Keys
-from worker.messages import DELIVER_BATCH, make_envelope
-from worker.settings import Settings
-from worker.standin import StandIn, respond
 
 pytestmark = pytest.mark.e2e
 

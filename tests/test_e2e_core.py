@@ -11,10 +11,10 @@ import time
 import pytest
 
 from tests.support.pipeline import APP_ID, APP_TOKEN
-from worker.dlq import DeadLetterStore
-from worker.errors import InvalidEvent
-from worker.keys import Keys
-from worker.standin import drop, respond, stall
+from voucherify_ingest.deadletters import DeadLetterStore
+from voucherify_ingest.errors import InvalidEvent
+from voucherify_ingest.keys import Keys
+from voucherify_ingest.standin import drop, respond, stall
 
 pytestmark = pytest.mark.e2e
 

@@ -16,15 +16,15 @@ import pytest
 
 from producers import Producer
 from tests.support.pipeline import make_env
-from worker.dlq import DeadLetterQueue, make_entry
-from worker.keys import Keys
-from worker.schemas import validate_event
-from worker.settings import Settings
-from worker.standin import respond
+from voucherify_ingest.deadletters import DeadLetterQueue, make_entry
+from voucherify_ingest.events import validate_event
+from voucherify_ingest.keys import Keys
+from voucherify_ingest.settings import Settings
+from voucherify_ingest.standin import respond
 
 pytestmark = pytest.mark.e2e
 
-DLQ_ARGV = [sys.executable, "-m", "worker.cli", "dlq"]
+DLQ_ARGV = [sys.executable, "-m", "voucherify_ingest.cli", "dlq"]
 
 
 def _event(n: int) -> dict:
@@ -279,7 +279,7 @@ def test_export_edit_enqueue_round_trip_through_the_producer_api(
 
 
 def _enqueue_has_file_option() -> bool:
-    help_text = subprocess.run([sys.executable, "-m", "worker.cli", "enqueue", "--help"],
+    help_text = subprocess.run([sys.executable, "-m", "voucherify_ingest.cli", "enqueue", "--help"],
                                capture_output=True, text=True, timeout=60, check=False).stdout
     return "--file" in help_text
 
@@ -294,7 +294,7 @@ def test_export_edit_enqueue_file_round_trip_through_the_cli(
     target = tmp_path / "rejected.ndjson"
     assert _dlq_cli(pipeline_env, "export", str(target)).returncode == 0
     _edit(target)
-    loaded = subprocess.run([sys.executable, "-m", "worker.cli", "enqueue", "--file", str(target)],
+    loaded = subprocess.run([sys.executable, "-m", "voucherify_ingest.cli", "enqueue", "--file", str(target)],
                             env={**_base_env(), **pipeline_env}, capture_output=True, text=True,
                             timeout=60, check=False)
     assert loaded.returncode == 0, loaded.stderr + loaded.stdout

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from worker.dlq import DeadLetterStore
-from worker.keys import Keys
-from worker.standin import respond
+from voucherify_ingest.deadletters import DeadLetterStore
+from voucherify_ingest.keys import Keys
+from voucherify_ingest.standin import respond
 
 pytestmark = pytest.mark.e2e
 

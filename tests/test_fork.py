@@ -14,7 +14,7 @@ import pytest
 
 from producers import Producer
 from producers.spool_files import lock_owner
-from worker.settings import Settings
+from voucherify_ingest.settings import Settings
 
 CHILD_DEADLINE_S = 20
 

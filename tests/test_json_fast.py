@@ -21,15 +21,14 @@ import redis
 from hypothesis import given
 from hypothesis import strategies as st
 
+from producers.serve.body import JSON_MAX_DEPTH, BodyError, parse_event_json, parse_json
+from producers.serve.pusher import BatchPusher, make_async_redis
 from tests.test_schemas import FULL, PROPERTY_SETTINGS, minimal, mutated_payloads
-from worker import jsoncodec
-from worker.errors import InvalidEvent
-from worker.messages import event_message, make_envelope, new_event_id
-from worker.schema_fast import fast_validate
-from worker.schemas import METADATA_MAX_DEPTH, validate_with_schemas
-from worker.serve.body import JSON_MAX_DEPTH, BodyError, parse_event_json, parse_json
-from worker.serve.pusher import BatchPusher, make_async_redis
-from worker.settings import Settings
+from voucherify_ingest import jsoncodec
+from voucherify_ingest.errors import InvalidEvent
+from voucherify_ingest.events import METADATA_MAX_DEPTH, fast_validate, validate_with_schemas
+from voucherify_ingest.messages import event_message, make_envelope, new_event_id
+from voucherify_ingest.settings import Settings
 
 
 def typed(value):

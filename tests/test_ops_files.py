@@ -29,7 +29,7 @@ import yaml
 
 from tests.support.pipeline import make_env
 from tests.support.redis_server import RedisServerUnavailable, find_redis_server
-from worker.settings import Settings
+from voucherify_ingest.settings import Settings
 from worker.shutdown import stop_timeout_s
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ WORKER_UNIT = SYSTEMD / "voucherify-ingest-worker@.service"
 METRICS_UNIT = SYSTEMD / "voucherify-ingest-metrics.service"
 ENV_EXAMPLE = SYSTEMD / "voucherify-ingest.env.example"
 DURABLE = {"appendonly": "yes", "appendfsync": "everysec", "maxmemory-policy": "noeviction"}
-CLI = [sys.executable, "-m", "worker.cli"]
+CLI = [sys.executable, "-m", "voucherify_ingest.cli"]
 
 
 def _default_stop_bound_s() -> float:

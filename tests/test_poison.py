@@ -26,11 +26,11 @@ from producers import Producer
 from tests.support.pipeline import make_env, worker_argv
 from tests.support.procs import ManagedProcess
 from tests.support.redis_server import delete_namespace_keys
-from worker.dlq import DeadLetterStore
-from worker.keys import Keys
-from worker.messages import DELIVER_BATCH, DELIVER_EVENT, build_message, make_envelope
-from worker.settings import Settings
-from worker.standin import StandIn, garbage, html, respond
+from voucherify_ingest.deadletters import DeadLetterStore
+from voucherify_ingest.keys import Keys
+from voucherify_ingest.messages import DELIVER_BATCH, DELIVER_EVENT, build_message, make_envelope
+from voucherify_ingest.settings import Settings
+from voucherify_ingest.standin import StandIn, garbage, html, respond
 
 pytestmark = pytest.mark.e2e
 

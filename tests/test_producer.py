@@ -11,8 +11,8 @@ import fakeredis
 import pytest
 
 from producers import BrokerUnavailable, InvalidEvent, PayloadTooLarge, Producer
-from worker.messages import DELIVER_BATCH, DELIVER_EVENT
-from worker.settings import Settings
+from voucherify_ingest.messages import DELIVER_BATCH, DELIVER_EVENT
+from voucherify_ingest.settings import Settings
 
 EVENT = {"event": "signed_up", "customer": {"sourceId": "u1"}}
 

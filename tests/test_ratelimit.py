@@ -14,14 +14,16 @@ import pytest
 import redis
 from structlog.testing import capture_logs
 
+from voucherify_ingest.errors import ConfigError
+from voucherify_ingest.keys import Keys
+from voucherify_ingest.messages import make_envelope
+from voucherify_ingest.settings import Settings
+from voucherify_ingest.standin import StandIn, respond
 from worker import ratelimit
 from worker.backoff import backoff_delay
 from worker.client import RateHints
 from worker.delayed import DelayedQueue
 from worker.delivery import Deliverer
-from worker.errors import ConfigError
-from worker.keys import Keys
-from worker.messages import make_envelope
 from worker.ratelimit import (
     DEFAULT_COOLDOWN_S,
     MAX_COOLDOWN_S,
@@ -30,8 +32,6 @@ from worker.ratelimit import (
     limiter_key,
     parse_rate_limit,
 )
-from worker.settings import Settings
-from worker.standin import StandIn, respond
 
 US = 1e-6  # the script counts in whole microseconds
 

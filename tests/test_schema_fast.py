@@ -23,9 +23,8 @@ from tests.test_schemas import (
     mutated_payloads,
     objects,
 )
-from worker.errors import InvalidEvent
-from worker.schema_fast import fast_validate
-from worker.schemas import validate_event, validate_with_schemas
+from voucherify_ingest.errors import InvalidEvent
+from voucherify_ingest.events import fast_validate, validate_event, validate_with_schemas
 
 
 def agree(payload) -> bool:

@@ -1,5 +1,5 @@
-"""Unit tests for ``worker.schemas``: the payload rules, faithfulness to Voucherify's OpenAPI
-spec (shipped in ``worker/openapi/openapi_events.json``), and a property test that garbage in
+"""Unit tests for ``voucherify_ingest.events.schemas``: the payload rules, faithfulness to Voucherify's OpenAPI
+spec (shipped in ``voucherify_ingest/openapi/openapi_events.json``), and a property test that garbage in
 gives a dict or ``InvalidEvent``, never anything else."""
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from marshmallow import fields, validate
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from worker.errors import InvalidEvent
-from worker.schemas import (
+from voucherify_ingest.errors import InvalidEvent
+from voucherify_ingest.events import validate_event
+from voucherify_ingest.events.schemas import (
     CAMEL_CASE_ALIASES,
     EVENT_MAX_LENGTH,
     METADATA_MAX_DEPTH,
@@ -29,7 +30,6 @@ from worker.schemas import (
     JSONObject,
     Object,
     StrictString,
-    validate_event,
 )
 
 FULL: dict[str, Any] = {
@@ -579,7 +579,7 @@ def test_invalid_event_messages_are_json_serialisable():
 
 @lru_cache(maxsize=1)
 def load_spec() -> dict[str, Any]:
-    text = (files("worker") / "openapi" / "openapi_events.json").read_text(encoding="utf-8")
+    text = (files("voucherify_ingest") / "openapi" / "openapi_events.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 

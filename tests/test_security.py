@@ -22,13 +22,13 @@ from urllib.parse import quote
 import pytest
 
 from producers import Producer
+from producers.serve.pusher import BatchPusher, make_async_redis
 from tests.support.pipeline import APP_ID, make_env, worker_argv
-from worker.dlq import DeadLetterStore
-from worker.keys import Keys
-from worker.messages import build_message, make_envelope
-from worker.serve.pusher import BatchPusher, make_async_redis
-from worker.settings import Settings
-from worker.standin import StandIn, respond
+from voucherify_ingest.deadletters import DeadLetterStore
+from voucherify_ingest.keys import Keys
+from voucherify_ingest.messages import build_message, make_envelope
+from voucherify_ingest.settings import Settings
+from voucherify_ingest.standin import StandIn, respond
 
 pytestmark = pytest.mark.e2e
 
@@ -43,14 +43,14 @@ def _event(n: int) -> dict:
 
 
 def _cli(env: dict, *args: str, stdin: str | None = None, timeout: float = 60) -> str:
-    done = subprocess.run([sys.executable, "-m", "worker.cli", *args],
+    done = subprocess.run([sys.executable, "-m", "voucherify_ingest.cli", *args],
                           env={**os.environ, **env}, input=stdin, capture_output=True,
                           text=True, timeout=timeout)
     return f"$ voucherify-ingest {' '.join(args)} -> {done.returncode}\n{done.stdout}{done.stderr}"
 
 
 def _commands() -> set[str]:
-    from worker.cli import main
+    from voucherify_ingest.cli import main
 
     return set(main.commands)
 

@@ -24,13 +24,13 @@ from pathlib import Path
 import pytest
 import redis
 
+from producers.serve.auth import Authenticator, CallerRateLimit, parse_rate
+from producers.serve.body import JSON_MAX_DEPTH, BodyError, is_json_media_type, parse_json
+from producers.serve.pusher import BatchPusher, make_async_redis
 from tests.support.procs import ManagedProcess
-from worker.errors import ConfigError, InvalidEvent, format_messages
-from worker.schemas import validate_event
-from worker.serve.auth import Authenticator, CallerRateLimit, parse_rate
-from worker.serve.body import JSON_MAX_DEPTH, BodyError, is_json_media_type, parse_json
-from worker.serve.pusher import BatchPusher, make_async_redis
-from worker.settings import Settings
+from voucherify_ingest.errors import ConfigError, InvalidEvent, format_messages
+from voucherify_ingest.events import validate_event
+from voucherify_ingest.settings import Settings
 
 APP_ID, APP_TOKEN = "shop-web", "ingest-token-" + "a1b2c3d4e5f6"
 OTHER_ID, OTHER_TOKEN = "shop-batch", "ingest-token-" + "zz99yy88xx77"
@@ -70,7 +70,7 @@ def serve_env(redis_url: str, queue: str, **overrides: str) -> dict[str, str]:
 
 
 def serve_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "worker.cli", "serve", "--port", "0", *args]
+    return [sys.executable, "-m", "voucherify_ingest.cli", "serve", "--port", "0", *args]
 
 
 def wait_ready(proc: ManagedProcess) -> int:

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from worker.errors import ConfigError
-from worker.settings import Settings, redact_url
+from voucherify_ingest.errors import ConfigError
+from voucherify_ingest.settings import Settings, redact_url
 
 
 def test_defaults():
@@ -87,7 +87,7 @@ def test_visibility_timeout_must_cover_one_attempt():
 def test_worker_refuses_to_start_without_credentials():
     env = {"PATH": "/usr/bin:/bin", "REDIS_URL": "redis://127.0.0.1:1/0"}
     result = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "worker"], env=env, capture_output=True,
+        [sys.executable, "-m", "voucherify_ingest.cli", "worker"], env=env, capture_output=True,
         text=True, timeout=60,
     )
     assert result.returncode == 1

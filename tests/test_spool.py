@@ -26,8 +26,8 @@ from producers import BrokerUnavailable, IngestError, Producer, SpoolFull
 from producers.spool import Spool
 from producers.spool_files import flush_dead, redis_target
 from tests.support.pipeline import make_env, worker_argv
-from worker.errors import ConfigError
-from worker.settings import Settings
+from voucherify_ingest.errors import ConfigError
+from voucherify_ingest.settings import Settings
 
 CHILD_TIMEOUT_S = 30
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -111,7 +111,7 @@ def make_producer(private_redis, namespace, spool_dir):
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args], env={**os.environ, **env},
+        [sys.executable, "-m", "voucherify_ingest.cli", *args], env={**os.environ, **env},
         capture_output=True, text=True, timeout=CHILD_TIMEOUT_S,
     )
 
@@ -236,8 +236,8 @@ def test_concurrent_enqueues_during_an_outage_all_survive(
 _CHILD = """
 import os, sys
 from producers import Producer
-from worker.errors import ConfigError
-from worker.settings import Settings
+from voucherify_ingest.errors import ConfigError
+from voucherify_ingest.settings import Settings
 producer = Producer(Settings.from_env())
 for n in range(int(sys.argv[1])):
     print(producer.enqueue_event({"event": "signed_up", "customer": {"source_id": f"u{n}"}}))
@@ -267,7 +267,7 @@ def test_cli_flushes_a_dead_process_spool_in_order_and_skips_a_live_one(
 
     # A live process's spool: it holds its lock (its Redis client never answers).
     dead_port = Settings.from_env({}, redis_url="redis://127.0.0.1:1/0")
-    from worker.redis_conn import make_redis
+    from voucherify_ingest.redis_conn import make_redis
     live = Spool(spool_dir, client=make_redis(dead_port, timeout_s=0.2), queue=queue,
                  max_bytes=1 << 20, target=redis_target(private_redis.url))
     live.append([json.dumps({"body": "not-flushed"})])

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from worker.standin import StandIn, drop, garbage, html, respond, stall
-from worker.standin import wire as standin_wire
+from voucherify_ingest.standin import StandIn, drop, garbage, html, respond, stall
+from voucherify_ingest.standin import wire as standin_wire
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -377,7 +377,7 @@ def test_cli_serves_until_sigterm():
     cmd = [
         sys.executable,
         "-m",
-        "worker.standin",
+        "voucherify_ingest.standin",
         "--host",
         "127.0.0.1",
         "--port",

@@ -1,4 +1,4 @@
-"""Seeing the flow: the snapshot read from Redis (worker/flow.py), `voucherify-ingest stats`, and
+"""Seeing the flow: the snapshot read from Redis (voucherify_ingest/flow.py), `voucherify-ingest stats`, and
 the Prometheus exporter scraped over HTTP with its numbers checked against what the stand-in
 received.
 
@@ -21,16 +21,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from producers import Producer
 from tests.support.pipeline import make_env, worker_argv
-from worker.dlq import DeadLetterQueue, make_entry
-from worker.flow import FlowReader, enqueued_at_of, latency_summary
-from worker.keys import Keys
-from worker.messages import batch_message, event_message, make_envelope
+from voucherify_ingest.deadletters import DeadLetterQueue, make_entry
+from voucherify_ingest.flow import FlowReader, enqueued_at_of, latency_summary
+from voucherify_ingest.keys import Keys
+from voucherify_ingest.messages import batch_message, event_message, make_envelope
+from voucherify_ingest.settings import Settings
+from voucherify_ingest.standin import respond
+from voucherify_ingest.stats import StatsRecorder
 from worker.ratelimit import RateLimiter
-from worker.settings import Settings
-from worker.standin import respond
-from worker.stats import StatsRecorder
 
-CLI = [sys.executable, "-m", "worker.cli"]
+CLI = [sys.executable, "-m", "voucherify_ingest.cli"]
 
 
 def _event(n: int) -> dict:

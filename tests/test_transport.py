@@ -12,7 +12,7 @@ import json
 import pytest
 from kombu import Connection
 
-from worker.messages import build_message, make_envelope
+from voucherify_ingest.messages import build_message, make_envelope
 from worker.transport import TAKE_LUA, Transport, inspect_item, unreadable_message
 
 

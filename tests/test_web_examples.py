@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from producers import Producer, set_producer
-from worker.messages import DELIVER_EVENT
-from worker.settings import Settings
+from voucherify_ingest.messages import DELIVER_EVENT
+from voucherify_ingest.settings import Settings
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "ops" / "examples"
 if str(EXAMPLES) not in sys.path:

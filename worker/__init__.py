@@ -1,62 +1,11 @@
-"""voucherify-ingest, worker side: settings, schemas, the Celery app, delivery, dead letters.
+"""voucherify-ingest, the Celery side: the app, thin tasks, delivery, the HTTP client, the
+shared rate limiter, the delivery ledger, the Redis transport and its housekeeping.
 
-The names a script needs are exported here; the Celery app is built by ``worker.app``.
+``worker.app`` builds the Celery app (``celery -A worker.app worker`` works as well as
+``voucherify-ingest worker``). What producers and workers share lives in ``voucherify_ingest``;
+this package never imports ``producers``.
 """
 
-__version__ = "0.1.0"
+from voucherify_ingest import __version__
 
-from .dlq import (  # noqa: E402 - __version__ first: worker.client reads it at import
-    REASONS,
-    DeadLetterFilter,
-    DeadLetterQueue,
-    Page,
-    ReplayResult,
-    Retention,
-    export_record,
-    make_entry,
-)
-from .errors import (  # noqa: E402
-    AuthRejected,
-    BrokerUnavailable,
-    ConfigError,
-    DeliveryError,
-    IngestError,
-    InvalidEvent,
-    PayloadTooLarge,
-    PermanentDelivery,
-    QuotaExhausted,
-    RateLimited,
-    RetryableDelivery,
-    SpoolFull,
-)
-from .schemas import validate_event  # noqa: E402
-from .settings import Settings  # noqa: E402
-
-__all__ = [
-    "__version__",
-    # configuration and validation
-    "Settings",
-    "validate_event",
-    # dead letters, for operator scripts
-    "DeadLetterQueue",
-    "DeadLetterFilter",
-    "Page",
-    "ReplayResult",
-    "Retention",
-    "REASONS",
-    "export_record",
-    "make_entry",
-    # errors
-    "IngestError",
-    "ConfigError",
-    "InvalidEvent",
-    "PayloadTooLarge",
-    "BrokerUnavailable",
-    "SpoolFull",
-    "DeliveryError",
-    "RetryableDelivery",
-    "RateLimited",
-    "PermanentDelivery",
-    "AuthRejected",
-    "QuotaExhausted",
-]
+__all__ = ["__version__"]

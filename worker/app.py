@@ -13,8 +13,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from celery import Celery, signals
 
-from .logs import configure_logging
-from .settings import Settings
+from voucherify_ingest.logs import configure_logging
+from voucherify_ingest.settings import Settings
 
 UNACKED_MUTEX_EXPIRE_S = 5
 
@@ -92,7 +92,7 @@ def create_app(settings: Settings) -> Celery:
     )
     app.voucherify_settings = settings
 
-    from .tasks import register_tasks
+    from worker.tasks import register_tasks
 
     register_tasks(app)
     return app

@@ -1,5 +1,5 @@
 """HTTP to Voucherify: one keep-alive session per process, explicit timeouts, and the single
-place where an HTTP outcome is classified into the error tree (``worker.errors``)."""
+place where an HTTP outcome is classified into the error tree (``voucherify_ingest.errors``)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from . import __version__
-from .errors import (
+from voucherify_ingest import __version__
+from voucherify_ingest.errors import (
     AuthRejected,
     DeliveryError,
     PermanentDelivery,
@@ -21,8 +21,8 @@ from .errors import (
     RateLimited,
     RetryableDelivery,
 )
-from .jsoncodec import dumps
-from .settings import Settings
+from voucherify_ingest.jsoncodec import dumps
+from voucherify_ingest.settings import Settings
 
 USER_AGENT = f"voucherify-ingest/{__version__} (+python-requests/{requests.__version__})"
 EVENT_ID_HEADER = "X-Ingest-Event-Id"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import redis
 
-from .keys import Keys
+from voucherify_ingest.keys import Keys
 
 # KEYS[1] = {p}:delayed   ARGV[1] = delay in ms   ARGV[2] = message JSON
 SCHEDULE_LUA = """

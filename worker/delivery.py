@@ -28,18 +28,18 @@ from typing import Any, Protocol
 import redis
 import structlog
 
-from .backoff import backoff_delay
-from .client import VoucherifyClient
-from .delayed import DelayedQueue
-from .dlq import DeadLetterStore, make_entry
-from .errors import DeliveryError, InvalidEvent, QuotaExhausted, RateLimited
-from .keys import Keys
-from .ledger import ALREADY_DELIVERED, BUSY, CLAIMED, DeliveryLedger
-from .logs import mask_secrets
-from .messages import EVENT_ID_RE, batch_message, event_message
-from .schemas import validate_event
-from .settings import Settings
-from .stats import StatsRecorder
+from voucherify_ingest.deadletters import DeadLetterStore, make_entry
+from voucherify_ingest.errors import DeliveryError, InvalidEvent, QuotaExhausted, RateLimited
+from voucherify_ingest.events import validate_event
+from voucherify_ingest.keys import Keys
+from voucherify_ingest.logs import mask_secrets
+from voucherify_ingest.messages import EVENT_ID_RE, batch_message, event_message
+from voucherify_ingest.settings import Settings
+from voucherify_ingest.stats import StatsRecorder
+from worker.backoff import backoff_delay
+from worker.client import VoucherifyClient
+from worker.delayed import DelayedQueue
+from worker.ledger import ALREADY_DELIVERED, BUSY, CLAIMED, DeliveryLedger
 
 BUSY_RETRY_S = 2.0
 

@@ -12,12 +12,12 @@ import time
 import redis
 import structlog
 
-from .delayed import DelayedQueue
-from .dlq import Retention
-from .keys import Keys
-from .redis_conn import make_redis
-from .settings import Settings
-from .stats import StatsRecorder
+from voucherify_ingest.deadletters import Retention
+from voucherify_ingest.keys import Keys
+from voucherify_ingest.redis_conn import make_redis
+from voucherify_ingest.settings import Settings
+from voucherify_ingest.stats import StatsRecorder
+from worker.delayed import DelayedQueue
 
 MOVE_EVERY_S = 0.25
 HEARTBEAT_EVERY_S = 5.0

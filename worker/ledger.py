@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import redis
 
-from .keys import Keys
+from voucherify_ingest.keys import Keys
 
 # KEYS[1] = {p}:delivered:{id}   KEYS[2] = {p}:inflight:{id}
 # ARGV[1] = in-flight TTL in ms  ARGV[2] = owner token

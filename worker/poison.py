@@ -27,12 +27,12 @@ from celery.utils.log import get_logger
 from celery.worker.consumer import Consumer as CeleryConsumer
 from celery.worker.consumer.consumer import promise
 
-from .dlq import DeadLetterStore, make_entry
-from .keys import Keys
-from .messages import DELIVER_BATCH, DELIVER_EVENT, EVENT_ID_RE
-from .redis_conn import make_redis
-from .stats import StatsRecorder
-from .transport import UNREADABLE_CONTENT_TYPE
+from voucherify_ingest.deadletters import DeadLetterStore, make_entry
+from voucherify_ingest.keys import Keys
+from voucherify_ingest.messages import DELIVER_BATCH, DELIVER_EVENT, EVENT_ID_RE
+from voucherify_ingest.redis_conn import make_redis
+from voucherify_ingest.stats import StatsRecorder
+from worker.transport import UNREADABLE_CONTENT_TYPE
 
 EXCERPT_CHARS = 2000
 JSON_TYPES = ("application/json", "application/x-json", "text/json")

@@ -25,7 +25,7 @@ import structlog
 from celery import platforms, signals
 from celery.worker import state as worker_state
 
-from .settings import Settings
+from voucherify_ingest.settings import Settings
 
 #: Room after the longest attempt for writing its outcome (retried with backoff) and acking.
 OUTCOME_SLACK_S = 10.0

@@ -12,9 +12,9 @@ import structlog
 from celery import Celery
 from celery.exceptions import Reject
 
-from .delivery import Deliverer, OutcomeNotStored
-from .messages import DELIVER_BATCH, DELIVER_EVENT
-from .redis_conn import make_redis
+from voucherify_ingest.messages import DELIVER_BATCH, DELIVER_EVENT
+from voucherify_ingest.redis_conn import make_redis
+from worker.delivery import Deliverer, OutcomeNotStored
 
 log = structlog.get_logger("voucherify_ingest.tasks")
 _lock = threading.Lock()
@@ -24,7 +24,7 @@ _deliverers: dict[tuple[int, int], Deliverer] = {}
 def build_limiter(settings, client):
     """The shared rate limiter, or None when ``VOUCHERIFY_RATE_LIMIT`` is off."""
     try:
-        from .ratelimit import RateLimiter
+        from worker.ratelimit import RateLimiter
     except ImportError:  # pragma: no cover - the limiter module ships with the package
         return None
     return RateLimiter.from_settings(settings, client)
@@ -60,7 +60,7 @@ def _run(app: Celery, handler_name: str, value) -> None:
 def register_tasks(app: Celery) -> None:
     @app.task(name=DELIVER_EVENT, acks_late=True, reject_on_worker_lost=True, typing=False)
     def deliver_event(*args, **kwargs):
-        """Deliver one event envelope (see ``worker.messages``)."""
+        """Deliver one event envelope (see ``voucherify_ingest.messages``)."""
         envelope = args[0] if len(args) == 1 and not kwargs else {"_args": args, "_kw": kwargs}
         _run(app, "handle", envelope)
 

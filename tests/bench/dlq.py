@@ -26,8 +26,8 @@ import redis
 
 from tests.bench import BenchContext, Row, median, percentile
 from tests.support.redis_server import delete_namespace_keys
-from worker.dlq import DeadLetterQueue, make_entry
-from worker.keys import Keys
+from voucherify_ingest.deadletters import DeadLetterQueue, make_entry
+from voucherify_ingest.keys import Keys
 
 FULL_N, QUICK_N = 100_000, 10_000
 PAGE = 50
@@ -102,7 +102,7 @@ def _cli_ms(env: dict, argv: list[str], repeats: int) -> float:
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "worker.cli", *argv], env=env, check=True,
+        subprocess.run([sys.executable, "-m", "voucherify_ingest.cli", *argv], env=env, check=True,
                        capture_output=True, timeout=60)
         times.append((time.perf_counter() - started) * 1000)
     return median(times)

@@ -3,7 +3,7 @@
 Ours: ``voucherify-ingest worker`` (threads pool, 16) consuming batch messages as a backfill
 writes them. Baseline, measured in the same run: a bare Celery one-task-per-event worker that
 POSTs with ``requests`` (``tests/bench/bare_worker.py``), same pool and concurrency. The
-stand-in (``python -m worker.standin``) runs in its own process; each side gets the same
+stand-in (``python -m voucherify_ingest.standin``) runs in its own process; each side gets the same
 pre-loaded queue and the rate is taken between 10% and 90% delivered (start-up excluded).
 Medians of ``REPEATS`` runs. Outside quick mode a sweep over batch sizes shows where the drain
 rate stops improving (how ``producers.bulk.DEFAULT_BATCH_SIZE`` was chosen).
@@ -27,8 +27,8 @@ from producers.bulk import DEFAULT_BATCH_SIZE
 from tests.bench import BenchContext, Row, median
 from tests.bench.bare_worker import TASK_NAME
 from tests.support.procs import ManagedProcess
-from worker.messages import build_message
-from worker.settings import Settings
+from voucherify_ingest.messages import build_message
+from voucherify_ingest.settings import Settings
 
 APP_ID, APP_TOKEN = "bench-app", "bench-token-value"
 CONCURRENCY = 16  # VOUCHERIFY_WORKER_CONCURRENCY's default
@@ -57,11 +57,11 @@ def event(n: int) -> dict:
 
 
 class StandInProcess:
-    """``python -m worker.standin`` on a free port, in its own process."""
+    """``python -m voucherify_ingest.standin`` on a free port, in its own process."""
 
     def __init__(self, workdir: str):
         self.proc = ManagedProcess(
-            [sys.executable, "-m", "worker.standin", "--port", "0", "--app-id", APP_ID,
+            [sys.executable, "-m", "voucherify_ingest.standin", "--port", "0", "--app-id", APP_ID,
              "--app-token", APP_TOKEN],
             cwd=ROOT, name="standin", log_dir=workdir,
         ).start()
@@ -147,7 +147,7 @@ def run_ours(ctx: BenchContext, standin: StandInProcess, n: int, batch_size: int
                                     batch_size=batch_size)
         (prepare or standin.reset)()
         worker = ManagedProcess(
-            [sys.executable, "-m", "worker.cli", "worker", "-c", str(CONCURRENCY), "-P",
+            [sys.executable, "-m", "voucherify_ingest.cli", "worker", "-c", str(CONCURRENCY), "-P",
              "threads"], env=env, cwd=ROOT, name="ours", log_dir=ctx.workdir,
         ).start()
         return measure(standin, n, worker, timeout_s=max(120.0, n / min_rate))

@@ -23,7 +23,7 @@ from producers import Producer, enqueue_event, set_producer
 from producers.bulk import DEFAULT_BATCH_SIZE, BulkLoader, open_input, read_records
 from tests.bench import BenchContext, Row, median, percentile
 from tests.bench.drain import event
-from worker.settings import Settings
+from voucherify_ingest.settings import Settings
 
 REPEATS = 3
 

@@ -31,7 +31,7 @@ from tests.bench.drain import (
     worker_env,
 )
 from tests.support.procs import ManagedProcess
-from worker.settings import Settings
+from voucherify_ingest.settings import Settings
 
 MB = 1024 * 1024
 
@@ -84,7 +84,7 @@ def run(ctx: BenchContext) -> list[Row]:
         finally:
             producer.close()
         ours = _drain(ctx, standin, n, [
-            sys.executable, "-m", "worker.cli", "worker", "-c", str(CONCURRENCY), "-P",
+            sys.executable, "-m", "voucherify_ingest.cli", "worker", "-c", str(CONCURRENCY), "-P",
             "threads",
         ], env, "ours")
     finally:

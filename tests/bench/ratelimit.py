@@ -30,9 +30,9 @@ import redis
 from producers import Producer
 from tests.bench import BenchContext, Row, median
 from tests.support.procs import ManagedProcess
+from voucherify_ingest.settings import Settings
+from voucherify_ingest.standin import StandIn
 from worker.ratelimit import RateLimiter, limiter_key, parse_rate_limit
-from worker.settings import Settings
-from worker.standin import StandIn
 
 APP_ID, APP_TOKEN = "bench-app", "bench-token-value"
 LIMITS_PER_S = (10, 50, 200)
@@ -102,7 +102,7 @@ def drive(ctx: BenchContext, *, workers: int, rate_limit: str, n: int,
     try:
         for i in range(workers):
             procs.append(ManagedProcess(
-                [sys.executable, "-m", "worker.cli", "worker", "-c", str(CONCURRENCY),
+                [sys.executable, "-m", "voucherify_ingest.cli", "worker", "-c", str(CONCURRENCY),
                  "-P", "threads"], env=env, cwd=ROOT, name=f"rl-{i}", log_dir=ctx.workdir,
             ).start())
         for proc in procs:

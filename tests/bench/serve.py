@@ -1,6 +1,6 @@
 """``POST /v1/events`` over loopback under ``wrk``, beside the same server answering a bare 200.
 
-Both servers run the same stack (``worker/serve/runner.py``: uvicorn, httptools, uvloop) with
+Both servers run the same stack (``producers/serve/runner.py``: uvicorn, httptools, uvloop) with
 the same ``--workers``; the baseline (``tests/bench/serve_bare.py``) reads the body and answers
 a constant 200, while ours checks credentials, parses, validates, builds the Celery message and
 has Redis confirm the ``LPUSH`` before answering. Each pair is measured back to back in one run.
@@ -103,7 +103,7 @@ def _pair(ctx: BenchContext, workers: int, seconds: int, script: Path) -> list[R
             ("bare", [sys.executable, "-m", "tests.bench.serve_bare"]),
             ("least_work", [sys.executable, "-m", "tests.bench.serve_bare", "--least-work"]),
             ("no_redis", [sys.executable, "-m", "tests.bench.serve_bare", "--no-redis"]),
-            ("ours", [sys.executable, "-m", "worker.cli", "serve"]),
+            ("ours", [sys.executable, "-m", "voucherify_ingest.cli", "serve"]),
         ):
             argv = [*argv, "--port", "0", "--workers", str(workers)]
             proc, port = _start(argv, {**env, "VOUCHERIFY_LOG_LEVEL": "INFO"}, mode, ctx.workdir)

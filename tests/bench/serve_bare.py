@@ -24,13 +24,13 @@ import sys
 
 import orjson
 
-from worker.logs import configure_logging
-from worker.messages import event_message, make_envelope
-from worker.serve.app import IngestApp
-from worker.serve.pusher import BatchPusher, make_async_redis
-from worker.serve.responses import JSON_TYPE, json_headers
-from worker.serve.runner import serve
-from worker.settings import Settings
+from producers.serve.app import IngestApp
+from producers.serve.pusher import BatchPusher, make_async_redis
+from producers.serve.responses import JSON_TYPE, json_headers
+from producers.serve.runner import serve
+from voucherify_ingest.logs import configure_logging
+from voucherify_ingest.messages import event_message, make_envelope
+from voucherify_ingest.settings import Settings
 
 _BODY = (b'{"object":"event","type":"order_paid","customer":{"source_id":"user-1",'
          b'"object":"customer"},"referral":null,"loyalty":null,"metadata":{}}')

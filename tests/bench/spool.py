@@ -23,8 +23,8 @@ import redis.asyncio as aioredis
 from producers import BrokerUnavailable, Producer
 from tests.bench import BenchContext, Row, percentile
 from tests.support.redis_server import RedisServer
-from worker.messages import event_message
-from worker.settings import Settings
+from voucherify_ingest.messages import event_message
+from voucherify_ingest.settings import Settings
 
 PAYLOAD = {
     "event": "order_paid",

@@ -26,7 +26,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from worker.standin import Received
+from voucherify_ingest.standin import Received
 
 MAX_DUPLICATE_RATIO = 0.001  # 0.1%
 # How long before a SIGKILL a 200 may have been answered and still not be in the ledger: the

@@ -17,9 +17,9 @@ import requests
 from producers import Producer
 from tests.support.pipeline import make_env, worker_argv
 from tests.support.procs import ManagedProcess
-from worker.dlq import DeadLetterStore
-from worker.keys import Keys
-from worker.settings import Settings
+from voucherify_ingest.deadletters import DeadLetterStore
+from voucherify_ingest.keys import Keys
+from voucherify_ingest.settings import Settings
 
 EVENTS_ENV = "VOUCHERIFY_CHAOS_EVENTS"
 LONG_ENV = "VOUCHERIFY_CHAOS_LONG"

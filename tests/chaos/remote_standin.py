@@ -2,7 +2,7 @@
 
 In-process, the stand-in's handler threads share a GIL with whatever the test does meanwhile
 (polling Redis, probes), which stretches every answer; chaos scenarios and benchmarks run it
-apart (``python -m worker.standin --port 0``) so its timing is its own.
+apart (``python -m voucherify_ingest.standin --port 0``) so its timing is its own.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import requests
 
 from tests.support.pipeline import APP_ID, APP_TOKEN
 from tests.support.procs import ManagedProcess
-from worker.standin import Received
+from voucherify_ingest.standin import Received
 
 _LISTENING = re.compile(r"standin listening on (http://\S+)")
 
@@ -25,7 +25,7 @@ _LISTENING = re.compile(r"standin listening on (http://\S+)")
 class RemoteStandIn:
     def __init__(self, make_process: Callable[..., ManagedProcess], *, latency_ms: float = 0,
                  seed: int = 0, app_id: str = APP_ID, app_token: str = APP_TOKEN):
-        argv = [sys.executable, "-m", "worker.standin", "--port", "0", "--app-id", app_id,
+        argv = [sys.executable, "-m", "voucherify_ingest.standin", "--port", "0", "--app-id", app_id,
                 "--app-token", app_token, "--latency-ms", str(latency_ms), "--seed", str(seed)]
         self.proc = make_process(argv, name="standin")
         line = self.proc.wait_for_output(_LISTENING, timeout=30)
@@ -64,7 +64,7 @@ class RemoteStandIn:
             time.sleep(0.25)
         return False
 
-    # -- controls (see worker.standin.StandIn) --
+    # -- controls (see voucherify_ingest.standin.StandIn) --
 
     def configure(self, **changes) -> dict:
         response = self.http.post(f"{self.control}/config", json=changes, timeout=30)

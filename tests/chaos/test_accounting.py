@@ -10,7 +10,7 @@ from tests.chaos.accounting import (
     answer_after_timeout,
     answer_during_kill,
 )
-from worker.standin import Received
+from voucherify_ingest.standin import Received
 
 
 def _rec(event_id: str, at: float, status: int = 200, outcome: str = "ok") -> Received:

@@ -31,7 +31,7 @@ MAX_RETRIES = 1  # a retry budget of two attempts, backoff 0.2-1 s: well under t
 
 def _replay(env) -> dict:
     done = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "dlq", "replay", "--json"],
+        [sys.executable, "-m", "voucherify_ingest.cli", "dlq", "replay", "--json"],
         env={**os.environ, **env}, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]

@@ -31,7 +31,7 @@ from tests.chaos.harness import (
     wait_until_accounted,
 )
 from tests.chaos.redelivery import RedeliveryProbe
-from worker.settings import Settings
+from voucherify_ingest.settings import Settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(drain_budget_s(event_count(), 0.05, 240))]
 

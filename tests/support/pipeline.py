@@ -1,6 +1,6 @@
 """Fixtures for end-to-end tests: the stand-in API, worker processes, a producer.
 
-    standin            function  a started ``worker.standin.StandIn`` (app "test-app")
+    standin            function  a started ``voucherify_ingest.standin.StandIn`` (app "test-app")
     pipeline_env       function  dict of env vars wiring Redis + namespace + stand-in
     pipeline_settings  function  ``Settings`` built from ``pipeline_env``
     producer           function  ``producers.Producer`` on those settings
@@ -17,8 +17,8 @@ import pytest
 
 from producers import Producer
 from tests.support.procs import ManagedProcess
-from worker.settings import Settings
-from worker.standin import StandIn
+from voucherify_ingest.settings import Settings
+from voucherify_ingest.standin import StandIn
 
 APP_ID = "test-app"
 APP_TOKEN = "test-token-s3cr3t-value"  # noqa: S105 - the stand-in's own credentials
@@ -76,7 +76,7 @@ def producer(pipeline_settings: Settings) -> Iterator[Producer]:
 
 
 def worker_argv(concurrency: int = 4, pool: str = "threads") -> list[str]:
-    return [sys.executable, "-m", "worker.cli", "worker", "-c", str(concurrency), "-P", pool]
+    return [sys.executable, "-m", "voucherify_ingest.cli", "worker", "-c", str(concurrency), "-P", pool]
 
 
 @pytest.fixture

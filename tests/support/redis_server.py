@@ -47,7 +47,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from worker.localredis import system_redis_server
+from voucherify_ingest.cli.localredis import system_redis_server
 
 from .procs import register_popen, unregister_popen
 

@@ -1,0 +1,29 @@
+"""Helpers shared by the CLI commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from voucherify_ingest.logs import configure_logging
+from voucherify_ingest.settings import Settings
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_REJECTED = 3  # a bulk load finished but refused some records
+
+
+def load_settings(**overrides) -> Settings:
+    """Read the environment once per command (ConfigError becomes a one-line error)."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return Settings.from_env(**overrides)
+
+
+def setup(settings: Settings, *, stream=None) -> None:
+    configure_logging(settings, stream=stream or sys.stderr)
+
+
+def echo_json(value) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True, default=str, ensure_ascii=False))

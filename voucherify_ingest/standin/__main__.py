@@ -1,0 +1,5 @@
+import sys
+
+from voucherify_ingest.standin.cli import main
+
+sys.exit(main())
