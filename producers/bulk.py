@@ -431,7 +431,8 @@ def derive_event_id(payload: Any, id_field: str | None = None) -> str:
     """The record's event id: the ``id_field`` value as is, else ``bf-`` + a content hash.
 
     The hash is over the record's canonical JSON (sorted keys, no whitespace), so re-reading
-    the same record, in any key order or file format, gives the same id (``voucherify_ingest.jsoncodec``:
+    the same record, in any key order or file format, gives the same id
+    (``voucherify_ingest.jsoncodec``:
     orjson, or ``json`` for a record orjson cannot write, always the same for a given record).
     """
     if id_field:

@@ -1,6 +1,7 @@
 """The enqueue API: validate at the door, stamp an id and a UTC time, cap the size, LPUSH.
 
-One ``LPUSH`` of a pre-built Celery message per event (``voucherify_ingest.messages``): no kombu publish
+One ``LPUSH`` of a pre-built Celery message per event (``voucherify_ingest.messages``): no kombu
+publish
 path, no per-call client construction. Safe after ``fork()``: redis-py's connection pool notices
 the new pid and opens fresh connections in the child.
 """

@@ -2,7 +2,8 @@
 
 Everything comes from Redis in a couple of round trips, so any machine that reaches Redis sees
 the whole fleet (one worker or fifty): the queue (depth, age of the oldest event), kombu's
-unacked hash (deliveries in flight), the counters written by ``voucherify_ingest.stats.StatsRecorder``
+unacked hash (deliveries in flight), the counters written by
+``voucherify_ingest.stats.StatsRecorder``
 (totals, per-minute hashes, latency histogram), the dead-letter reason sets, the shared rate
 limiter's keys and the workers' heartbeats.
 

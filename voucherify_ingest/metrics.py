@@ -2,7 +2,8 @@
 
 Workers do not serve metrics themselves: with fifty workers on ten machines, Prometheus would
 have to find and scrape fifty processes, and a restarted worker would reset its counters. The
-counters already live in Redis (``voucherify_ingest/stats.py``), so one exporter anywhere reads them at
+counters already live in Redis (``voucherify_ingest/stats.py``), so one exporter anywhere reads
+them at
 each scrape (a custom collector: no state in the exporter, a handful of Redis commands per
 scrape) and the numbers are the same whichever exporter answers.
 
@@ -42,7 +43,8 @@ _COUNTERS = {
 
 
 class FlowCollector:
-    """Reads one :class:`voucherify_ingest.flow.FlowSnapshot` per scrape and turns it into metrics."""
+    """Reads one :class:`voucherify_ingest.flow.FlowSnapshot` per scrape and turns it into
+    metrics."""
 
     def __init__(self, reader: FlowReader):
         self.reader = reader

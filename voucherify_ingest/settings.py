@@ -93,7 +93,8 @@ class Settings:
     backoff_base_s: float = field(default=1.0, metadata={"env": "VOUCHERIFY_BACKOFF_BASE_S"})
     backoff_max_s: float = field(default=300.0, metadata={"env": "VOUCHERIFY_BACKOFF_MAX_S"})
 
-    # Rate limit shared by all workers (see voucherify_ingest/rates.py and worker/ratelimit.py); "" or "off" disables it.
+    # Rate limit shared by all workers (see voucherify_ingest/rates.py and worker/ratelimit.py); ""
+    # or "off" disables it.
     rate_limit: str = field(default="100/min", metadata={"env": "VOUCHERIFY_RATE_LIMIT"})
     rate_limit_max_wait_s: float = field(
         default=5.0, metadata={"env": "VOUCHERIFY_RATE_LIMIT_MAX_WAIT_S"}

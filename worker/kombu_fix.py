@@ -1,6 +1,7 @@
 """Keep a worker alive, and its deliveries single, when Redis goes away mid-delivery.
 
-Found by ``tests/test_daemon.py`` with kombu 5.7 and Celery 5.7. When the broker connection
+Found by ``tests/processes/test_daemon.py`` with kombu 5.7 and Celery 5.7. When the broker
+connection
 drops while messages are unacknowledged, Celery's consumer calls ``Connection.collect()`` and
 then ``Connection.close()`` before reconnecting; the deliveries themselves keep running
 (``worker_cancel_long_running_tasks_on_connection_loss`` is off). Two things went wrong:

@@ -20,7 +20,8 @@ JSON_TYPE = b"application/json; charset=utf-8"
 RETRY_AFTER_S = 2  # what a 503 tells the caller to wait before trying again
 _ECHOED_CUSTOMER_FIELDS = frozenset(("id", "source_id", "name", "email", "metadata"))
 
-# status -> (key, message), as Voucherify spells them (voucherify_ingest/standin/wire.py has the same).
+# status -> (key, message), as Voucherify spells them (voucherify_ingest/standin/wire.py has the
+# same).
 ERRORS: dict[int, tuple[str, str]] = {
     400: ("invalid_payload", "Invalid payload"),
     401: ("unauthorized", "Unauthorized"),

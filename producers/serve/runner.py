@@ -65,7 +65,7 @@ def uvicorn_config(app: Any, *, log_level: str) -> Any:
         loop="uvloop" if _has_uvloop() else "asyncio",
         ws="none",
         lifespan="on",
-        log_config=None,  # our structlog setup (voucherify_ingest/logs.py) renders uvicorn's records
+        log_config=None,  # our structlog setup (voucherify_ingest/logs.py) renders its records
         log_level=log_level.lower(),
         access_log=False,  # one line per request would cost more than the request
         proxy_headers=False,

@@ -8,7 +8,8 @@
   (16 / 0.05 s = 320 events/s, less the client's own time per call); ours must stay within
   10% of the bare task.
 
-The stand-in runs in its own process (``python -m voucherify_ingest.standin``); the rate is taken between
+The stand-in runs in its own process (``python -m voucherify_ingest.standin``); the rate is taken
+between
 10% and 90% delivered (start-up excluded); medians of ``REPEATS`` runs (one in quick mode).
 """
 

@@ -25,7 +25,8 @@ _LISTENING = re.compile(r"standin listening on (http://\S+)")
 class RemoteStandIn:
     def __init__(self, make_process: Callable[..., ManagedProcess], *, latency_ms: float = 0,
                  seed: int = 0, app_id: str = APP_ID, app_token: str = APP_TOKEN):
-        argv = [sys.executable, "-m", "voucherify_ingest.standin", "--port", "0", "--app-id", app_id,
+        argv = [sys.executable, "-m", "voucherify_ingest.standin", "--port", "0",
+                "--app-id", app_id,
                 "--app-token", app_token, "--latency-ms", str(latency_ms), "--seed", str(seed)]
         self.proc = make_process(argv, name="standin")
         line = self.proc.wait_for_output(_LISTENING, timeout=30)

@@ -76,7 +76,8 @@ def producer(pipeline_settings: Settings) -> Iterator[Producer]:
 
 
 def worker_argv(concurrency: int = 4, pool: str = "threads") -> list[str]:
-    return [sys.executable, "-m", "voucherify_ingest.cli", "worker", "-c", str(concurrency), "-P", pool]
+    return [sys.executable, "-m", "voucherify_ingest.cli", "worker", "-c", str(concurrency),
+            "-P", pool]
 
 
 @pytest.fixture

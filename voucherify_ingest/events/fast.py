@@ -9,7 +9,7 @@ tenth of the time.
 It is only ever an accelerator: :func:`fast_validate` returns ``None`` at the first thing it
 does not handle itself (a camelCase alias, an unknown or null field, a subclass of ``dict`` or
 ``str``, anything invalid), and ``validate_event`` then runs the schemas, which produce the
-result or the error messages. ``tests/test_schema_fast.py`` checks on random and mutated
+result or the error messages. ``tests/unit/test_schema_fast.py`` checks on random and mutated
 payloads that a non-``None`` answer always equals the schemas' answer.
 """
 

@@ -1,7 +1,8 @@
 """The Track Custom Event payload: marshmallow schemas and ``validate_event``.
 
 Faithful to ``EventsCreateRequestBody`` in Voucherify's OpenAPI spec (a copy ships in
-``voucherify_ingest/openapi/openapi_events.json``; ``tests/test_schemas.py`` checks the field names against
+``voucherify_ingest/openapi/openapi_events.json``; ``tests/unit/test_schemas.py`` checks the field
+names against
 it and validates our output with it). Where we are stricter than the spec, on purpose:
 
 - Unknown fields are refused at every level, with a message naming them
@@ -282,7 +283,8 @@ def _stringify_keys(messages: Any) -> Any:
 
 
 def validate_with_schemas(payload: Any) -> dict[str, Any]:
-    """``validate_event`` without the fast path (``voucherify_ingest.events.fast``): always marshmallow."""
+    """``validate_event`` without the fast path (``voucherify_ingest.events.fast``): always
+    marshmallow."""
     if not isinstance(payload, dict):
         raise InvalidEvent({"_schema": ["event payload must be a JSON object"]})
     data, errors = _normalise(payload)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.timeout(30)
 
 AUTH = {"X-App-Id": "test-app", "X-App-Token": "test-token"}
 GOOD = {"event": "signed_up", "customer": {"source_id": "u-1", "name": "Ann"}, "metadata": {"k": 1}}
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

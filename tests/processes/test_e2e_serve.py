@@ -24,8 +24,8 @@ from voucherify.models.events_create_request_body_referral import (
     EventsCreateRequestBodyReferral,
 )
 
+from tests.processes.test_serve import CREDENTIALS, OTHER_ID, OTHER_TOKEN, serve_argv, wait_ready
 from tests.support.pipeline import APP_ID, APP_TOKEN, make_env
-from tests.test_serve import CREDENTIALS, OTHER_ID, OTHER_TOKEN, serve_argv, wait_ready
 
 pytestmark = pytest.mark.e2e
 

@@ -1,5 +1,7 @@
-"""Unit tests for ``voucherify_ingest.events.schemas``: the payload rules, faithfulness to Voucherify's OpenAPI
-spec (shipped in ``voucherify_ingest/openapi/openapi_events.json``), and a property test that garbage in
+"""Unit tests for ``voucherify_ingest.events.schemas``: the payload rules, faithfulness to
+Voucherify's OpenAPI
+spec (shipped in ``voucherify_ingest/openapi/openapi_events.json``), and a property test that
+garbage in
 gives a dict or ``InvalidEvent``, never anything else."""
 
 from __future__ import annotations
@@ -579,7 +581,8 @@ def test_invalid_event_messages_are_json_serialisable():
 
 @lru_cache(maxsize=1)
 def load_spec() -> dict[str, Any]:
-    text = (files("voucherify_ingest") / "openapi" / "openapi_events.json").read_text(encoding="utf-8")
+    text = (files("voucherify_ingest") / "openapi" /
+    "openapi_events.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 

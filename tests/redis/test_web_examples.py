@@ -19,7 +19,7 @@ from producers import Producer, set_producer
 from voucherify_ingest.messages import DELIVER_EVENT
 from voucherify_ingest.settings import Settings
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "ops" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "ops" / "examples"
 if str(EXAMPLES) not in sys.path:
     sys.path.insert(0, str(EXAMPLES))
 

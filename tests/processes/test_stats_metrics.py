@@ -1,4 +1,5 @@
-"""Seeing the flow: the snapshot read from Redis (voucherify_ingest/flow.py), `voucherify-ingest stats`, and
+"""Seeing the flow: the snapshot read from Redis (voucherify_ingest/flow.py), `voucherify-ingest
+stats`, and
 the Prometheus exporter scraped over HTTP with its numbers checked against what the stand-in
 received.
 

@@ -32,7 +32,7 @@ from tests.support.redis_server import RedisServerUnavailable, find_redis_server
 from voucherify_ingest.settings import Settings
 from worker.shutdown import stop_timeout_s
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OPS = ROOT / "ops"
 DOCKERFILE = OPS / "docker" / "Dockerfile"
 COMPOSE = OPS / "docker" / "docker-compose.yml"

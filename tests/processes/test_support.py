@@ -24,7 +24,7 @@ from tests.support.redis_server import (
 )
 
 PY = sys.executable
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _wait_dead(pid: int, timeout: float = 5.0) -> bool:

@@ -1,7 +1,7 @@
 """Bad input at the producer's doors: a clear error or an accepted event, never a crash, never
 a hang.
 
-``tests/test_schemas.py`` proves ``validate_event`` on random values. This file goes one door
+``tests/unit/test_schemas.py`` proves ``validate_event`` on random values. This file goes one door
 further out: ``Producer.enqueue_event`` (validation + size cap + event id + what reaches the
 queue), raw request bytes as the HTTP ingest endpoint reads them (``producers.serve.body``), and
 ``voucherify-ingest enqueue`` reading standard input: wrong types, huge strings, deep nesting,
@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from producers import Producer
 from producers.serve.body import BodyError, parse_json
-from tests.test_schemas import FULL, json_ish, minimal, mutated_payloads
+from tests.unit.test_schemas import FULL, json_ish, minimal, mutated_payloads
 from voucherify_ingest.errors import InvalidEvent, PayloadTooLarge
 from voucherify_ingest.events import validate_event
 from voucherify_ingest.messages import EVENT_ID_RE

@@ -294,7 +294,8 @@ def test_export_edit_enqueue_file_round_trip_through_the_cli(
     target = tmp_path / "rejected.ndjson"
     assert _dlq_cli(pipeline_env, "export", str(target)).returncode == 0
     _edit(target)
-    loaded = subprocess.run([sys.executable, "-m", "voucherify_ingest.cli", "enqueue", "--file", str(target)],
+    loaded = subprocess.run([sys.executable, "-m", "voucherify_ingest.cli", "enqueue", "--file",
+    str(target)],
                             env={**_base_env(), **pipeline_env}, capture_output=True, text=True,
                             timeout=60, check=False)
     assert loaded.returncode == 0, loaded.stderr + loaded.stdout

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.test_schemas import (
+from tests.unit.test_schemas import (
     FULL,
     PROPERTY_SETTINGS,
     TS_EXAMPLE,

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from producers.serve.body import JSON_MAX_DEPTH, BodyError, parse_event_json, parse_json
 from producers.serve.pusher import BatchPusher, make_async_redis
-from tests.test_schemas import FULL, PROPERTY_SETTINGS, minimal, mutated_payloads
+from tests.unit.test_schemas import FULL, PROPERTY_SETTINGS, minimal, mutated_payloads
 from voucherify_ingest import jsoncodec
 from voucherify_ingest.errors import InvalidEvent
 from voucherify_ingest.events import METADATA_MAX_DEPTH, fast_validate, validate_with_schemas
