@@ -2,19 +2,60 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
 from voucherify_ingest import __version__
-from voucherify_ingest.cli.common import EXIT_FAILURE
-from voucherify_ingest.errors import IngestError
+
+EXIT_FAILURE = 1  # as voucherify_ingest.cli.common, which this module must not import (it is slow)
+
+
+#: command name -> (module under voucherify_ingest.cli, attribute, one-line help). A command's
+#: module is imported only when that command runs, so ``--help`` and ``--version`` stay fast.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "worker": ("run_worker", "worker_command",
+               "Run a worker that delivers queued events to Voucherify."),
+    "enqueue": ("enqueue", "enqueue_command",
+                "Validate one event (or a file of them) and enqueue it."),
+    "check": ("check", "check_command",
+              "Check settings, Redis and the API host; exit 0 if all is well."),
+    "demo": ("demo", "demo_command",
+             "Run producer -> Redis -> worker -> API locally and show the result."),
+    "dlq": ("dlq", "dlq_group", "Inspect, export, replay and purge dead letters."),
+    "stats": ("stats", "stats_command",
+              "Show the flow: queues, in flight, rate, dead letters, workers."),
+    "metrics": ("metrics", "metrics_command",
+                "Serve Prometheus metrics read from Redis at each scrape."),
+    "serve": ("serve", "serve_command",
+              "Accept POST /v1/events like Voucherify does; enqueue what is valid."),
+    "spool": ("spool", "spool_group",
+              "Producers' local spools for Redis outages (VOUCHERIFY_SPOOL_DIR)."),
+}
 
 
 class _Group(click.Group):
-    """Turn our own errors into one clear line and exit 1 (no traceback for users)."""
+    """Commands loaded on first use; our own errors become one clear line and exit 1."""
+
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module_name, attribute, _ = COMMANDS[name]
+        module = importlib.import_module(f"{__name__}.{module_name}")
+        return getattr(module, attribute)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx):
+        from voucherify_ingest.errors import IngestError
+
         try:
             return super().invoke(ctx)
         except IngestError as exc:
@@ -36,22 +77,3 @@ def main() -> None:
 
     Configuration comes from VOUCHERIFY_* variables and REDIS_URL (see the README).
     """
-
-
-def _register() -> None:
-    from voucherify_ingest.cli import check, demo, enqueue, run_worker
-
-    for module in (run_worker, enqueue, check, demo):
-        module.register(main)
-    # Command families added by later modules register themselves here too.
-    for name in ("dlq", "stats", "metrics", "serve", "spool"):
-        try:
-            module = __import__(f"{__name__}.{name}", fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{name}":
-                raise
-            continue
-        module.register(main)
-
-
-_register()

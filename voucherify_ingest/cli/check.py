@@ -129,7 +129,3 @@ def check_command(skip_api, worker):
         click.echo(f"warning: {warning}", err=True)
     click.echo(f"{'ok' if ok else 'fail'}: {reason}")
     sys.exit(EXIT_OK if ok else EXIT_FAILURE)
-
-
-def register(group: click.Group) -> None:
-    group.add_command(check_command)

@@ -162,7 +162,3 @@ def _stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def register(group: click.Group) -> None:
-    group.add_command(demo_command)

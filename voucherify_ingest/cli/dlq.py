@@ -369,7 +369,3 @@ def purge_command(reason, status, event_name, since, until, ids, limit, dry_run,
         echo_json({"dry_run": False, "matched": matched, "purged": purged, "filters": filters})
     else:
         click.echo(f"deleted {purged:,} dead letter(s)")
-
-
-def register(group: click.Group) -> None:
-    group.add_command(dlq_group)

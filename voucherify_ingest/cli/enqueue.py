@@ -147,7 +147,3 @@ def _backfill(settings, path, fmt, id_field, dry_run, max_queue, batch_size, rej
         click.echo(f"rejected records: {rejects_path}", err=True)
         return EXIT_REJECTED
     return 0
-
-
-def register(group: click.Group) -> None:
-    group.add_command(enqueue_command)

@@ -51,7 +51,3 @@ def metrics_command(port, addr):
     client.close()
     log.info("metrics_stopped")
     sys.exit(EXIT_OK)
-
-
-def register(group: click.Group) -> None:
-    group.add_command(metrics_command)

@@ -79,7 +79,3 @@ def worker_command(concurrency, pool, hostname, celery_args):
         *celery_args,
     ]
     app.worker_main(argv)
-
-
-def register(group: click.Group) -> None:
-    group.add_command(worker_command)

@@ -43,7 +43,3 @@ def serve_command(host, port, workers, rate_limit):
         return IngestApp(settings, rate_limit_per_s=per_second)
 
     serve(make_app, settings, host=host, port=port, workers=workers)
-
-
-def register(group: click.Group) -> None:
-    group.add_command(serve_command)

@@ -110,7 +110,3 @@ def status_command(directory, as_json):
     if waiting:
         click.echo(f"{waiting} event(s) left by exited processes: run `voucherify-ingest "
                    "spool flush`")
-
-
-def register(group: click.Group) -> None:
-    group.add_command(spool_group)

@@ -137,7 +137,3 @@ def stats_command(as_json, watch, interval_s, count):
     finally:
         client.close()
     sys.exit(EXIT_OK)
-
-
-def register(group: click.Group) -> None:
-    group.add_command(stats_command)
