@@ -78,7 +78,7 @@ def test_ndjson_lines_numbers_blank_lines_and_bad_json():
 
 
 def test_json_array_streams_elements_with_their_starting_line(monkeypatch):
-    monkeypatch.setattr(bulk, "_READ_CHARS", 7)  # every element crosses chunk boundaries
+    monkeypatch.setattr(bulk.readers, "_READ_CHARS", 7)  # every element crosses chunk boundaries
     elements = [event(1), {"x": [1, 2, {"y": "z\n"}]}, 12345678, "text", None, event(2)]
     text = json.dumps(elements, indent=2)
     records = list(read_json_array(io.StringIO(text)))
