@@ -8,9 +8,9 @@ from the exception's body. No response carries a stack trace or internal detail.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
+from voucherify_ingest.apierrors import error_object, request_id  # noqa: F401 - re-exported
 from voucherify_ingest.jsoncodec import dumps
 
 #: Our event id, on every 200. uvicorn sends header names in lower case (as HTTP/2 must), so
@@ -20,33 +20,8 @@ JSON_TYPE = b"application/json; charset=utf-8"
 RETRY_AFTER_S = 2  # what a 503 tells the caller to wait before trying again
 _ECHOED_CUSTOMER_FIELDS = frozenset(("id", "source_id", "name", "email", "metadata"))
 
-# status -> (key, message), as Voucherify spells them (voucherify_ingest/standin/wire.py has the
-# same).
-ERRORS: dict[int, tuple[str, str]] = {
-    400: ("invalid_payload", "Invalid payload"),
-    401: ("unauthorized", "Unauthorized"),
-    404: ("not_found", "Resource not found"),
-    405: ("method_not_allowed", "Method not allowed"),
-    413: ("payload_too_large", "Payload too large"),
-    415: ("unsupported_media_type", "Unsupported media type"),
-    429: ("too_many_requests", "Too many requests hit the API too quickly."),
-    500: ("internal_error", "Internal server error"),
-    503: ("service_unavailable", "Service unavailable"),
-}
-
-
-def request_id() -> str:
-    """An id for one error answer, in Voucherify's ``v-...`` style; logged beside the cause."""
-    return "v-" + os.urandom(9).hex()
-
-
 def error_body(status: int, details: str | None = None, *, rid: str | None = None) -> bytes:
-    key, message = ERRORS[status]
-    body: dict[str, Any] = {"code": status, "key": key, "message": message}
-    if details:
-        body["details"] = details
-    body["request_id"] = rid or request_id()
-    return dumps(body)
+    return dumps(error_object(status, details, rid=rid))
 
 
 def success_body(wire: dict[str, Any]) -> bytes:

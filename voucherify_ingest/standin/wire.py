@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 from http import HTTPStatus
 from importlib import resources
 from typing import Any
@@ -15,24 +14,9 @@ try:  # optional: without it bodies are parsed but not schema-checked
 except ImportError:  # pragma: no cover - exercised only without the test extra
     jsonschema = None
 
+from voucherify_ingest.apierrors import API_ERRORS, error_object  # noqa: E402 - after the optional import
+
 HUGE_BODY_BYTES = 5 * 1024 * 1024
-
-# Voucherify's error keys/messages; 429 carries only code and message, as the API sends it.
-_ERRORS = {
-    400: ("invalid_payload", "Invalid payload"),
-    401: ("unauthorized", "Unauthorized"),
-    402: ("payment_required", "Payment required"),
-    403: ("forbidden", "Forbidden"),
-    404: ("not_found", "Resource not found"),
-    405: ("method_not_allowed", "Method not allowed"),
-    409: ("duplicate", "Duplicated resource"),
-    413: ("payload_too_large", "Payload too large"),
-    500: ("internal_error", "Internal server error"),
-    502: ("bad_gateway", "Bad gateway"),
-    503: ("service_unavailable", "Service unavailable"),
-    504: ("gateway_timeout", "Gateway timeout"),
-}
-
 
 # -- schema -----------------------------------------------------------------------------------
 
@@ -102,24 +86,12 @@ def _inspect(raw: bytes) -> tuple[Any, bool, list[str], bool]:
 # -- bodies -----------------------------------------------------------------------------------
 
 
-def _request_id() -> str:
-    return "v-" + os.urandom(9).hex()
-
-
 def error_body(status: int, details: str | None = None) -> dict:
-    """A Voucherify-format error object for ``status``."""
+    """A Voucherify-format error object for ``status``; 429 carries only code and message, as
+    the API sends it."""
     if status == 429:
-        return {"code": 429, "message": "Too many requests hit the API too quickly."}
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = "Error"
-    key, message = _ERRORS.get(status, (phrase.lower().replace(" ", "_"), phrase))
-    body = {"code": status, "key": key, "message": message}
-    if details:
-        body["details"] = details
-    body["request_id"] = _request_id()
-    return body
+        return {"code": 429, "message": API_ERRORS[429][1]}
+    return error_object(status, details)
 
 
 def success_body(request: Any) -> dict:
