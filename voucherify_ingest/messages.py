@@ -12,7 +12,6 @@ An *envelope* is the single task argument: ``{"id", "payload", "enqueued_at", "a
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
 import socket
@@ -22,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from voucherify_ingest import jsoncodec
+from voucherify_ingest.jsoncodec import dumps_text as _dumps
 
 DELIVER_EVENT = "voucherify.deliver_event"
 DELIVER_BATCH = "voucherify.deliver_batch"
@@ -29,7 +29,6 @@ DELIVER_BATCH = "voucherify.deliver_batch"
 #: Event ids end up in Redis key names and log lines: keep them to a safe alphabet.
 EVENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
 _origin = [f"{os.getpid()}@{socket.gethostname()}"]  # Celery's "origin": this process
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def new_event_id() -> str:

@@ -12,6 +12,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
+from voucherify_ingest.jsoncodec import dumps_text as _dumps
 from voucherify_ingest.standin.records import Received
 from voucherify_ingest.standin.wire import (
     _html_page,
@@ -31,7 +32,6 @@ EVENT_ID_HEADER = "X-Ingest-Event-Id"
 MAX_BODY_BYTES = 16 * 1024 * 1024
 IDLE_TIMEOUT_S = 30.0
 _JSON = "application/json; charset=utf-8"
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 class _Server(ThreadingHTTPServer):
