@@ -57,8 +57,10 @@ def loads_fast(raw: bytes) -> Any:
 
 
 def dumps_text(value: Any) -> str:
-    """``value`` as compact JSON text; what is not JSON (a ``datetime``, a ``Decimal``) is
-    written as its ``str``. For records kept for people (dead letters), never for the wire."""
+    """``value`` as compact JSON text (message parts, dead-letter records, stand-in answers).
+
+    What JSON cannot hold (a ``datetime``, a ``Decimal``) is written as its ``str``; event
+    payloads never get here unvalidated, so that is only ever a record's convenience."""
     try:
         return orjson.dumps(value, default=str).decode("utf-8")
     except TypeError:  # beyond 64-bit integers, non-string keys: the standard library decides
