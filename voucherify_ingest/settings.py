@@ -2,7 +2,8 @@
 
 Library code takes a ``Settings`` (or plain arguments) explicitly; only the CLI, the Celery app
 factory and the producer's lazily built default call :meth:`Settings.from_env`. Every variable
-is listed with its default in the README's configuration table.
+is listed with its default in docs/workers-and-configuration.md (generated from the
+fields below by tools/gen_docs.py).
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def _parse_credentials(name: str, raw: str) -> tuple[tuple[str, str], ...]:
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything the producers, workers and CLI need; see the README for each variable."""
+    """Everything the producers, workers and CLI need; docs/workers-and-configuration.md
+    describes each variable."""
 
     # Voucherify API
     api_url: str = field(default=DEFAULT_API_URL, metadata={"env": "VOUCHERIFY_API_URL"})

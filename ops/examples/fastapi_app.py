@@ -5,8 +5,9 @@
 Called inline, that second would freeze every request this process serves. So the endpoint
 runs it in a small thread pool of its own (``loop.run_in_executor``): a Redis outage can tie
 up at most ``ENQUEUE_THREADS`` threads, never the threadpool FastAPI shares with sync
-endpoints. Measured against ``anyio.to_thread.run_sync`` and ``redis.asyncio`` (README), this
-hop was the cheapest, and unlike ``redis.asyncio`` it keeps the producer's spool. Run it with::
+endpoints. Measured against ``anyio.to_thread.run_sync`` and ``redis.asyncio``
+(docs/web-apps.md), this hop was the cheapest, and unlike ``redis.asyncio`` it keeps the
+producer's spool. Run it with::
 
     REDIS_URL=redis://localhost:6379/0 uvicorn --app-dir ops/examples fastapi_app:app
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-#: Events per batch message, chosen by measurement (see the README's backfill section):
+#: Events per batch message, chosen by measurement (see docs/backfills.md, "Batch messages"):
 #: past ~50 the worker's drain rate stops improving, while a bigger batch makes a killed
 #: worker's message longer to redo and a batch's wait behind the rate limit longer.
 DEFAULT_BATCH_SIZE = 50

@@ -75,5 +75,6 @@ def main() -> None:
       echo '{"event":"signed_up","customer":{"source_id":"u1"}}' | voucherify-ingest enqueue
       voucherify-ingest demo                  # everything locally, against a stand-in API
 
-    Configuration comes from VOUCHERIFY_* variables and REDIS_URL (see the README).
+    Configuration comes from VOUCHERIFY_* variables and REDIS_URL
+    (docs/workers-and-configuration.md).
     """
