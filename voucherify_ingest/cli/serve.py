@@ -43,7 +43,7 @@ def serve_command(host, port, workers, rate_limit):
     configure_logging(settings, stream=sys.stdout)
     log = structlog.get_logger("voucherify_ingest.serve")
     for warning in short_token_warnings(settings.ingest_credentials):
-        log.warning("ingest_token_short", detail=warning)
+        log.warning("ingest_token_weak", detail=warning)
 
     def make_app() -> IngestApp:
         return IngestApp(settings, rate_limit_per_s=per_second)
