@@ -134,6 +134,9 @@ def test_check_role_worker_still_requires_credentials_and_its_settings(redis_url
     assert worker.returncode == 1 and "VOUCHERIFY_RATE_LIMIT" in worker.stdout
     producer = run(["check", "--role", "producer"], bad_rate)
     assert producer.returncode == 0, producer.stdout + producer.stderr
+    clear = run(["check", "--skip-api"], {**env, "VOUCHERIFY_API_URL": "http://api.example.com"})
+    assert clear.returncode == 0 and "role worker" in clear.stdout
+    assert "the API token travels in clear" in clear.stderr
 
 
 # -- settings: each entry point validates what it uses --------------------------------------------
