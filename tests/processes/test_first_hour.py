@@ -254,6 +254,15 @@ def test_worker_logs_one_line_per_attempt_while_redis_is_unreachable(make_proces
     assert server.password not in worker.output()
 
 
+def test_worker_waiting_for_redis_stops_cleanly_on_sigterm(make_process, namespace, standin):
+    env = make_env(f"redis://127.0.0.1:{closed_port()}/0", namespace, standin.url)
+    worker = make_process(CLI + ["worker", "-c", "1"], env=env, name="worker-wait-stop")
+    worker.wait_for_output('"redis_unreachable"', timeout=30)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=15) == 0
+    assert '"worker_stopped"' in worker.output()
+
+
 def test_worker_refuses_gevent_and_eventlet_pools(env):
     for pool in ("gevent", "eventlet"):
         result = run(["worker"], {**env, "VOUCHERIFY_WORKER_POOL": pool})

@@ -8,6 +8,8 @@ logging ``redis_unreachable`` with the URL (password masked), the attempt and th
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import time
 from collections.abc import Callable
 
@@ -55,3 +57,21 @@ def wait_for_redis(
         if attempt:
             log.info("redis_reachable", redis=settings.safe_redis_url, attempts=attempt)
         return attempt
+
+
+@contextlib.contextmanager
+def stop_signals_exit(log):
+    """While waiting (nothing started, nothing to finish), SIGTERM/SIGINT end the process at
+    once with exit 0 and a ``worker_stopped`` line, as a stop of a running worker does."""
+
+    def _exit(signum, _frame):
+        log.info("worker_stopped", signal=signal.Signals(signum).name, phase="waiting for Redis")
+        raise SystemExit(0)
+
+    stops = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, _exit) for sig in stops}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

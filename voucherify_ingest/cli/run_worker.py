@@ -10,7 +10,7 @@ import structlog
 from celery import signals
 
 from voucherify_ingest.cli.common import load_settings
-from voucherify_ingest.cli.redis_wait import wait_for_redis
+from voucherify_ingest.cli.redis_wait import stop_signals_exit, wait_for_redis
 from voucherify_ingest.logs import configure_logging
 from voucherify_ingest.settings import WORKER_POOLS
 from worker import kombu_fix
@@ -49,7 +49,8 @@ def worker_command(concurrency, pool, hostname, celery_args):
     if settings.api_in_clear:
         log.warning("api_url_in_clear", api_url=settings.api_base,
                     detail="the API token travels unencrypted over http://; use https://")
-    wait_for_redis(settings, log)  # one redis_unreachable line per attempt, as long as it takes
+    with stop_signals_exit(log):
+        wait_for_redis(settings, log)  # one redis_unreachable line per attempt, as long as needed
     app = create_app(settings)
     kombu_fix.apply()  # survive a Redis restart with deliveries in flight
     ShutdownGuard(settings).install()  # second SIGTERM / stop bound: exit at once
