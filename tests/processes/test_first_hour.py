@@ -174,6 +174,10 @@ def test_enqueue_with_empty_stdin_says_no_payload_given(env, redis_client, names
     result = run(["enqueue"], env, stdin="")
     assert result.returncode == 2
     assert "no payload given" in result.stderr and "not valid JSON" not in result.stderr
+    with open(os.devnull) as devnull:  # `enqueue </dev/null`, literally
+        null = subprocess.run(CLI + ["enqueue"], env={**os.environ, **env}, stdin=devnull,
+                              capture_output=True, text=True, timeout=60)
+    assert null.returncode == 2 and "no payload given" in null.stderr
     assert redis_client.llen(f"{namespace}-events") == 0
 
 
