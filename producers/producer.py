@@ -35,7 +35,7 @@ class Producer:
     """Enqueues events for the workers. Build one per process (or use ``enqueue_event``)."""
 
     def __init__(self, settings: Settings | None = None, *, client: redis.Redis | None = None):
-        self.settings = settings or Settings.from_env()
+        self.settings = settings or Settings.from_env(role="producer")
         self.queue = self.settings.queue
         self.max_payload_bytes = self.settings.max_payload_bytes
         self._redis = client or make_redis(self.settings)

@@ -124,22 +124,35 @@ class QuotaExhausted(PermanentDelivery):
 
 
 def format_messages(messages: Any, prefix: str = "") -> str:
-    """Flatten marshmallow-style nested messages into ``a.b: msg; c: msg``."""
+    """Flatten marshmallow-style nested messages into ``a.b: msg; c: msg``.
+
+    Keys starting with ``_`` (``_schema``, ``_json``, ``_payload``) are the validator's own
+    bookkeeping, not fields of the event: their messages are shown without them, so a person
+    reads ``event payload must be a JSON object``, not ``_schema: ...``. The ``messages``
+    structure itself (what serve answers and rejects files keep) is unchanged.
+    """
     parts: list[str] = []
     if isinstance(messages, dict):
         for key, value in messages.items():
-            path = f"{prefix}.{key}" if prefix else str(key)
+            if str(key).startswith("_"):
+                path = prefix
+            else:
+                path = f"{prefix}.{key}" if prefix else str(key)
             if isinstance(value, dict):
                 parts.append(format_messages(value, path))
             elif isinstance(value, (list, tuple)):
                 flat = [v for v in value if not isinstance(v, dict)]
                 nested = [v for v in value if isinstance(v, dict)]
                 if flat:
-                    parts.append(f"{path}: {' '.join(str(v) for v in flat)}")
+                    parts.append(_labelled(path, " ".join(str(v) for v in flat)))
                 for v in nested:
                     parts.append(format_messages(v, path))
             else:
-                parts.append(f"{path}: {value}")
+                parts.append(_labelled(path, value))
     else:
-        parts.append(f"{prefix}: {messages}" if prefix else str(messages))
+        parts.append(_labelled(prefix, messages))
     return "; ".join(p for p in parts if p)
+
+
+def _labelled(path: str, message: Any) -> str:
+    return f"{path}: {message}" if path else str(message)

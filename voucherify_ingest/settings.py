@@ -35,6 +35,17 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _parse_bool(name: str, raw: str) -> bool:
     value = raw.strip().lower()
     if value in {"1", "true", "yes", "on"}:
@@ -62,6 +73,31 @@ def _parse_credentials(name: str, raw: str) -> tuple[tuple[str, str], ...]:
             raise ConfigError(f"{name} must be a comma-separated list of APP_ID:APP_TOKEN pairs")
         pairs.append((app_id, token))
     return tuple(pairs)
+
+
+# -- Roles: each entry point validates only the settings it uses (issue 18, first hour) --------
+
+#: The entry points' roles. ``worker`` (the default) parses and validates every setting;
+#: ``producer`` (enqueue, enqueue_event, dlq, stats, metrics, spool) and ``serve`` leave the
+#: worker's own settings unchecked, so a bad ``VOUCHERIFY_RATE_LIMIT`` stops workers, not the
+#: web app that enqueues.
+ROLES = ("worker", "producer", "serve")
+
+#: Fields only a worker (or ``check --role worker``) reads. Outside the worker role a value of
+#: one of these that does not parse is ignored (the default stays; nothing there uses it).
+WORKER_ONLY_FIELDS = frozenset({
+    "api_url", "connect_timeout_s", "read_timeout_s", "visibility_timeout_s",
+    "restore_interval_s", "max_retries", "backoff_base_s", "backoff_max_s", "rate_limit",
+    "rate_limit_max_wait_s", "worker_pool", "worker_concurrency", "ledger_ttl_s",
+})
+
+#: Celery pools a worker accepts. gevent and eventlet would need the process monkey-patched
+#: before anything imports sockets (requests, redis-py, our limiter); nothing does that and no
+#: test runs them, so they are refused instead of half working.
+WORKER_POOLS = ("threads", "prefork", "solo")
+
+#: VOUCHERIFY_LOG_LEVEL's values (any case); anything else was a traceback at start-up.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 @dataclass(frozen=True)
@@ -133,29 +169,44 @@ class Settings:
     log_pii: bool = field(default=False, metadata={"env": "VOUCHERIFY_LOG_PII"})
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
-        """Build settings from ``environ`` (default ``os.environ``); ``overrides`` win."""
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, role: str = "worker", **overrides
+    ) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``); ``overrides`` win.
+
+        ``role`` (one of :data:`ROLES`) says which entry point asks: outside ``worker``, the
+        worker's own settings (:data:`WORKER_ONLY_FIELDS`) are neither required to parse nor
+        validated."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
         for f in fields(cls):
-            name = f.metadata["env"]
-            raw = env.get(name)
+            raw = env.get(f.metadata["env"])
             if raw is None:
                 continue
-            if f.type in ("float", float):
-                values[f.name] = float(_parse_number(name, raw, float))
-            elif f.type in ("int", int):
-                values[f.name] = int(_parse_number(name, raw, int))
-            elif f.type in ("bool", bool):
-                values[f.name] = _parse_bool(name, raw)
-            elif f.name == "ingest_credentials":
-                values[f.name] = _parse_credentials(name, raw)
-            else:
-                values[f.name] = raw.strip()
+            try:
+                values[f.name] = cls._parse_field(f, raw)
+            except ConfigError:
+                if role == "worker" or f.name not in WORKER_ONLY_FIELDS:
+                    raise
         values.update(overrides)
         settings = cls(**values)
-        settings.validate()
+        settings.validate(role=role)
         return settings
+
+    @staticmethod
+    def _parse_field(f, raw: str) -> object:
+        name = f.metadata["env"]
+        if f.type in ("float", float):
+            return float(_parse_number(name, raw, float))
+        if f.type in ("int", int):
+            return int(_parse_number(name, raw, int))
+        if f.type in ("bool", bool):
+            return _parse_bool(name, raw)
+        if f.name == "ingest_credentials":
+            return _parse_credentials(name, raw)
+        return raw.strip()
 
     def replace(self, **changes) -> Settings:
         return replace(self, **changes)
@@ -165,14 +216,11 @@ class Settings:
         """Map of field name -> environment variable (for docs and `check`)."""
         return {f.name: f.metadata["env"] for f in fields(Settings)}
 
-    def validate(self) -> None:
-        """Check values that can be checked without I/O; raise :class:`ConfigError`."""
-        api = urlsplit(self.api_url)
-        if api.scheme not in ("http", "https") or not api.hostname:
-            raise ConfigError(
-                f"VOUCHERIFY_API_URL must be an http(s) URL such as {DEFAULT_API_URL}, "
-                f"got {self.api_url!r}"
-            )
+    def validate(self, role: str = "worker") -> None:
+        """Check values that can be checked without I/O; raise :class:`ConfigError`.
+
+        Outside the ``worker`` role the worker's own settings are not checked (see
+        :data:`WORKER_ONLY_FIELDS`)."""
         redis = urlsplit(self.redis_url)
         if redis.scheme not in ("redis", "rediss", "unix"):
             raise ConfigError(
@@ -181,17 +229,47 @@ class Settings:
             )
         if not self.queue:
             raise ConfigError("VOUCHERIFY_QUEUE must not be empty")
-        if self.worker_pool not in ("threads", "prefork", "solo", "gevent", "eventlet"):
-            raise ConfigError(
-                "VOUCHERIFY_WORKER_POOL must be one of threads, prefork, solo, gevent, eventlet"
-            )
         if self.log_format not in ("auto", "json", "console"):
             raise ConfigError("VOUCHERIFY_LOG_FORMAT must be auto, json or console")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ConfigError(
+                f"VOUCHERIFY_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, "
+                f"got {self.log_level!r}"
+            )
+        if role == "worker":
+            self.validate_worker()
+
+    def validate_worker(self) -> None:
+        """The checks of the settings only a worker uses."""
+        api = urlsplit(self.api_url)
+        if api.scheme not in ("http", "https") or not api.hostname:
+            raise ConfigError(
+                f"VOUCHERIFY_API_URL must be an http(s) URL such as {DEFAULT_API_URL}, "
+                f"got {self.api_url!r}"
+            )
+        if self.worker_pool in ("gevent", "eventlet"):
+            raise ConfigError(
+                f"VOUCHERIFY_WORKER_POOL={self.worker_pool} is not supported: the worker is "
+                "not monkey-patched for it (its HTTP and Redis clients would block the whole "
+                "process); use threads (the default, for I/O-bound deliveries), prefork or solo"
+            )
+        if self.worker_pool not in WORKER_POOLS:
+            raise ConfigError(
+                f"VOUCHERIFY_WORKER_POOL must be one of {', '.join(WORKER_POOLS)}, "
+                f"got {self.worker_pool!r}"
+            )
         if self.backoff_max_s < self.backoff_base_s:
             raise ConfigError("VOUCHERIFY_BACKOFF_MAX_S must be >= VOUCHERIFY_BACKOFF_BASE_S")
         from voucherify_ingest.rates import parse_rate_limit
 
         parse_rate_limit(self.rate_limit)  # ConfigError naming VOUCHERIFY_RATE_LIMIT
+
+    @property
+    def api_in_clear(self) -> bool:
+        """The API URL is http:// to a host other than this machine: the token travels in clear
+        over the network."""
+        parts = urlsplit(self.api_url)
+        return parts.scheme == "http" and not _is_loopback(parts.hostname or "")
 
     def require_credentials(self) -> None:
         """Raise :class:`ConfigError` naming each missing credential variable."""

@@ -152,7 +152,18 @@ def read_ndjson(stream: IO[bytes]) -> Iterator[Record]:
         try:
             yield Record(number, loads(line))
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-            yield Record(number, error={"_json": [f"not valid JSON: {exc}"]}, raw=excerpt(line))
+            yield Record(number, error={"_json": [_line_error(exc)]}, raw=excerpt(line))
+
+
+def _line_error(exc: ValueError) -> str:
+    """Where in the line JSON broke: json's own "line 2 column 1" counts within this one line
+    (its newline included), which read beside the file's line number contradicted it."""
+    if isinstance(exc, json.JSONDecodeError):
+        where = "at the end of the line" if exc.lineno > 1 else f"at column {exc.colno}"
+        return f"not valid JSON: {exc.msg} {where}"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text ({exc.reason}) at byte {exc.start + 1}"
+    return f"not valid JSON: {exc}"
 
 
 _WS = re.compile(r"[ \t\n\r]*")

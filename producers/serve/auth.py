@@ -17,6 +17,20 @@ from voucherify_ingest.rates import per_second
 
 _CREDENTIALS_ENV = "VOUCHERIFY_INGEST_CREDENTIALS"
 
+#: Ingest tokens shorter than this draw a warning at start-up (and from ``check --role serve``):
+#: a short token can be guessed; ``openssl rand -hex 24`` gives 48 characters.
+MIN_TOKEN_CHARS = 16
+
+
+def short_token_warnings(credentials: Iterable[tuple[str, str]]) -> list[str]:
+    """One warning per caller whose token is short (the token itself is never shown)."""
+    return [
+        f"{_CREDENTIALS_ENV}: the token of {app_id!r} is {len(token)} characters, under "
+        f"{MIN_TOKEN_CHARS}: it could be guessed; use e.g. $(openssl rand -hex 24)"
+        for app_id, token in credentials
+        if len(token) < MIN_TOKEN_CHARS
+    ]
+
 
 class Authenticator:
     """Match presented credentials against every configured pair, in constant time.

@@ -112,7 +112,8 @@ def serve(
     )
     try:
         if workers <= 1:
-            run_one(make_app, sock, settings)
+            with _stop_signals_end_serving():
+                run_one(make_app, sock, settings)
         else:
             def worker_socket() -> socket.socket:
                 if per_worker:
@@ -123,6 +124,26 @@ def serve(
     finally:
         sock.close()
         log.info("serve_stopped", pid=os.getpid())
+
+
+@contextlib.contextmanager
+def _stop_signals_end_serving():
+    """After its graceful stop, uvicorn re-raises the SIGTERM/SIGINT it caught with the handler
+    that was there before it; under the default handler that killed the process (exit 143, no
+    ``serve_stopped``). A handler raising ``SystemExit(0)`` unwinds through ``serve``'s logging
+    and exits 0, as the supervisor of ``--workers 2`` does; before uvicorn has installed its own
+    handlers (while the app is built) it stops the process the same way."""
+    stops = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, _exit_cleanly) for sig in stops}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _exit_cleanly(_signum: int, _frame: Any) -> None:
+    raise SystemExit(0)
 
 
 class _Supervisor:

@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "enqueue": ("enqueue", "enqueue_command",
                 "Validate one event (or a file of them) and enqueue it."),
     "check": ("check", "check_command",
-              "Check settings, Redis and the API host; exit 0 if all is well."),
+              "Check what this host's role needs (settings, Redis, API); 0 if all is well."),
     "demo": ("demo", "demo_command",
              "Run producer -> Redis -> worker -> API locally and show the result."),
     "dlq": ("dlq", "dlq_group", "Inspect, export, replay and purge dead letters."),

@@ -15,10 +15,13 @@ EXIT_FAILURE = 1
 EXIT_REJECTED = 3  # a bulk load finished but refused some records
 
 
-def load_settings(**overrides) -> Settings:
-    """Read the environment once per command (ConfigError becomes a one-line error)."""
+def load_settings(role: str = "worker", **overrides) -> Settings:
+    """Read the environment once per command (ConfigError becomes a one-line error).
+
+    ``role`` names what the command is (see ``voucherify_ingest.settings.ROLES``): a producer
+    command is not refused over a setting only workers use."""
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    return Settings.from_env(**overrides)
+    return Settings.from_env(role=role, **overrides)
 
 
 def setup(settings: Settings, *, stream=None) -> None:

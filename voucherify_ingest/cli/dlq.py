@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import sys
 import time
@@ -102,7 +103,7 @@ def _describe(filters: dict) -> str:
 @contextlib.contextmanager
 def _queue():
     """The DLQ on the configured Redis; Redis failures become one clear line."""
-    settings = load_settings()
+    settings = load_settings("producer")
     setup(settings)
     client = make_redis(settings, timeout_s=max(10.0, settings.redis_timeout_s))
     try:
@@ -164,7 +165,8 @@ def dlq_group() -> None:
 
 @dlq_group.command("list")
 @filter_options()
-@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True,
+              help="Entries per page (newest first); --cursor continues after the last one.")
 @click.option("--cursor", default=None, help="Continue after a previous page (its next_cursor).")
 @click.option("--with-payload", is_flag=True, help="Include payloads in --json output.")
 @click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
@@ -198,7 +200,9 @@ def list_command(reason, status, event_name, since, until, limit, cursor, with_p
 @click.argument("entry_id")
 @click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
 def show_command(entry_id, as_json):
-    """Show one dead letter: what failed, why, and the payload."""
+    """Show one dead letter: what failed, why, and the payload.
+
+    ENTRY_ID is an event id, as in the ID column of `dlq list`."""
     with _queue() as (dlq, _):
         entry = dlq.get(entry_id)
     if entry is None:
@@ -260,12 +264,41 @@ def stats_command(recount, as_json):
         if keep else "keep everything (VOUCHERIFY_DLQ_MAX_AGE_S / _MAX_LEN unset)"))
 
 
+def _octal_mode(value: str) -> int:
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an octal mode such as 600") from None
+    if not 0 <= mode <= 0o777:
+        raise click.BadParameter(f"{value!r} is not a file mode (000-777)")
+    return mode
+
+
+def _open_private(path: str, mode: int):
+    """Open ``path`` for writing with ``mode`` from the first byte (no window in which another
+    user could open it), and set it on a file that already existed too."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    except OSError as exc:
+        raise IngestError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        os.fchmod(fd, mode)
+    except OSError as exc:
+        os.close(fd)
+        raise IngestError(f"cannot set the mode of {path}: {exc.strerror or exc}") from None
+    return os.fdopen(fd, "w", encoding="utf-8")
+
+
 @dlq_group.command("export")
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
 @filter_options(with_ids=True)
 @click.option("--limit", type=click.IntRange(1), default=None, help="At most this many.")
 @click.option("--json", "as_json", is_flag=True, help="JSON summary for scripts.")
-def export_command(file, reason, status, event_name, since, until, ids, limit, as_json):
+@click.option("--mode", "mode", default="600", show_default=True, metavar="OCTAL",
+              callback=lambda _c, _p, v: _octal_mode(v),
+              help="Permissions of FILE: dead letters carry personal data, so by default only "
+                   "its owner may read it (like spool files).")
+def export_command(file, reason, status, event_name, since, until, ids, limit, as_json, mode):
     """Write dead letters to FILE as NDJSON ('-' for stdout), oldest first.
 
     Each line is {"event_id", "payload", "dead_letter": {...}}. Fix payloads and feed the file
@@ -277,7 +310,7 @@ def export_command(file, reason, status, event_name, since, until, ids, limit, a
         if file == "-":
             written = dlq.export(sys.stdout, limit=limit, **filters)
         else:
-            with open(file, "w", encoding="utf-8") as out:
+            with _open_private(file, mode) as out:
                 written = dlq.export(out, limit=limit, **filters)
     if as_json:
         if file != "-":

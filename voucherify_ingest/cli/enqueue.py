@@ -15,11 +15,26 @@ import click
 from voucherify_ingest.cli.common import EXIT_FAILURE, EXIT_REJECTED, load_settings, setup
 from voucherify_ingest.errors import BrokerUnavailable, InvalidEvent, format_messages
 
+NO_PAYLOAD = (
+    "no payload given: pass the event as PAYLOAD_JSON or pipe it on standard input "
+    "(see voucherify-ingest enqueue --help)"
+)
+TTY_HINT = (
+    "reading one event (JSON) from standard input; end it with Ctrl-D, or pass it as an "
+    "argument: voucherify-ingest enqueue '{\"event\":\"signed_up\",\"customer\":"
+    "{\"source_id\":\"u1\"}}'"
+)
+
 
 def _read_payload(payload_json: str | None) -> object:
-    text = payload_json if payload_json is not None else sys.stdin.read()
+    if payload_json is None:
+        if sys.stdin.isatty():  # a person at a terminal: say what we wait for
+            click.echo(TTY_HINT, err=True)
+        payload_json = sys.stdin.read()
+    if not payload_json.strip():
+        raise click.UsageError(NO_PAYLOAD)
     try:
-        return json.loads(text)
+        return json.loads(payload_json)
     except ValueError as exc:
         raise click.UsageError(f"payload is not valid JSON: {exc}") from None
     except RecursionError:  # json.loads recurses once per level of [[[[...]]]]
@@ -78,7 +93,7 @@ def enqueue_command(payload_json, event_id, file_path, fmt, id_field, dry_run, m
     """
     from producers import Producer
 
-    settings = load_settings()
+    settings = load_settings("producer")
     setup(settings)
     if file_path is not None:
         if payload_json is not None or event_id is not None:

@@ -34,7 +34,7 @@ def metrics_command(port, addr):
       voucherify-ingest metrics                      # http://127.0.0.1:9808/metrics
       voucherify-ingest metrics --addr 0.0.0.0 -p 9808
     """
-    settings = load_settings()
+    settings = load_settings("producer")
     configure_logging(settings, stream=sys.stdout)
     log = structlog.get_logger("voucherify_ingest.metrics")
     client = make_redis(settings, timeout_s=3.0)

@@ -10,13 +10,15 @@ import structlog
 from celery import signals
 
 from voucherify_ingest.cli.common import load_settings
+from voucherify_ingest.cli.redis_wait import stop_signals_exit, wait_for_redis
 from voucherify_ingest.logs import configure_logging
+from voucherify_ingest.settings import WORKER_POOLS
 from worker import kombu_fix
 from worker.app import create_app
 from worker.housekeeping import Housekeeper
 from worker.shutdown import ShutdownGuard
 
-POOLS = ["threads", "prefork", "solo", "gevent", "eventlet"]
+POOLS = list(WORKER_POOLS)  # gevent/eventlet are refused: see voucherify_ingest.settings
 
 
 @click.command("worker", context_settings={"ignore_unknown_options": True})
@@ -30,8 +32,8 @@ POOLS = ["threads", "prefork", "solo", "gevent", "eventlet"]
 def worker_command(concurrency, pool, hostname, celery_args):
     """Run a worker that delivers queued events to Voucherify.
 
-    Needs VOUCHERIFY_APP_ID and VOUCHERIFY_APP_TOKEN; refuses to start without them. Extra
-    arguments after `--` go to `celery worker` unchanged.
+    Needs VOUCHERIFY_APP_ID and VOUCHERIFY_APP_TOKEN; refuses to start without them.
+    CELERY_ARGS, after `--`, go to `celery worker` unchanged.
 
     \b
     Examples:
@@ -44,6 +46,11 @@ def worker_command(concurrency, pool, hostname, celery_args):
     settings.check_visibility_timeout()
     configure_logging(settings, stream=sys.stdout)
     log = structlog.get_logger("voucherify_ingest.worker")
+    if settings.api_in_clear:
+        log.warning("api_url_in_clear", api_url=settings.api_base,
+                    detail="the API token travels unencrypted over http://; use https://")
+    with stop_signals_exit(log):
+        wait_for_redis(settings, log)  # one redis_unreachable line per attempt, as long as needed
     app = create_app(settings)
     kombu_fix.apply()  # survive a Redis restart with deliveries in flight
     ShutdownGuard(settings).install()  # second SIGTERM / stop bound: exit at once

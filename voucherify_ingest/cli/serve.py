@@ -32,12 +32,18 @@ def serve_command(host, port, workers, rate_limit):
       voucherify-ingest serve --host 0.0.0.0 --port 8080 --workers 2 --rate-limit 200/s
       # then point any Voucherify SDK at http://HOST:8080 instead of the API URL
     """
-    from producers.serve import Authenticator, IngestApp, parse_rate, serve
+    import structlog
 
-    settings = load_settings()
+    from producers.serve import Authenticator, IngestApp, parse_rate, serve
+    from producers.serve.auth import short_token_warnings
+
+    settings = load_settings("serve")
     Authenticator(settings.ingest_credentials)  # ConfigError (one line, exit 1) before binding
     per_second = parse_rate(rate_limit)
     configure_logging(settings, stream=sys.stdout)
+    log = structlog.get_logger("voucherify_ingest.serve")
+    for warning in short_token_warnings(settings.ingest_credentials):
+        log.warning("ingest_token_weak", detail=warning)
 
     def make_app() -> IngestApp:
         return IngestApp(settings, rate_limit_per_s=per_second)

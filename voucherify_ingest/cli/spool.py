@@ -52,7 +52,7 @@ def flush_command(directory, force):
     """
     from producers.spool_files import flush_dead, redis_target
 
-    settings = load_settings()
+    settings = load_settings("producer")
     setup(settings)
     path = _spool_dir(settings, directory)
     target = redis_target(settings.redis_url)
@@ -92,7 +92,7 @@ def status_command(directory, as_json):
     """List the spools in the directory: live or left behind, events and bytes waiting."""
     from producers.spool_files import spool_status
 
-    settings = load_settings()
+    settings = load_settings("producer")
     path = _spool_dir(settings, directory)
     rows = spool_status(path)
     if as_json:

@@ -105,7 +105,7 @@ def stats_command(as_json, watch, interval_s, count):
       voucherify-ingest stats --watch -i 5
       voucherify-ingest stats --json | jq .queue_depth
     """
-    settings = load_settings()
+    settings = load_settings("producer")
     client = make_redis(settings, timeout_s=3.0)
     reader = FlowReader(client, settings)
     shown = 0
