@@ -63,6 +63,17 @@ def _parse_credentials(name: str, raw: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _parse_user_passwords(name: str, raw: str) -> tuple[tuple[str, str], ...]:
+    """``user:password[,user:password...]``; a password may hold ``:`` (a user name may not)."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        user, sep, password = item.partition(":")
+        if not sep or not user or not password:
+            raise ConfigError(f"{name} must be a comma-separated list of user:password pairs")
+        pairs.append((user, password))
+    return tuple(pairs)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the producers, workers and CLI need; see the README for each variable."""
@@ -125,6 +136,11 @@ class Settings:
         default=(), repr=False, metadata={"env": "VOUCHERIFY_INGEST_CREDENTIALS"}
     )
 
+    # Operator dashboard (`voucherify-ingest dashboard`): user:password pairs for HTTP Basic.
+    dashboard_credentials: tuple[tuple[str, str], ...] = field(
+        default=(), repr=False, metadata={"env": "VOUCHERIFY_DASHBOARD_CREDENTIALS"}
+    )
+
     # Logging
     log_level: str = field(default="INFO", metadata={"env": "VOUCHERIFY_LOG_LEVEL"})
     log_format: str = field(default="auto", metadata={"env": "VOUCHERIFY_LOG_FORMAT"})
@@ -148,6 +164,8 @@ class Settings:
                 values[f.name] = _parse_bool(name, raw)
             elif f.name == "ingest_credentials":
                 values[f.name] = _parse_credentials(name, raw)
+            elif f.name == "dashboard_credentials":
+                values[f.name] = _parse_user_passwords(name, raw)
             else:
                 values[f.name] = raw.strip()
         values.update(overrides)
