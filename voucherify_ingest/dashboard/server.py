@@ -139,6 +139,17 @@ class Handler(BaseHTTPRequestHandler):
         ])
 
     def do_POST(self):  # noqa: N802
+        # Read the body before any refusal: left unread, it would be parsed as the next
+        # request on this kept-alive connection. Too large or unsized: answer, then hang up.
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        self.body = None
+        if 0 <= length <= MAX_BODY_BYTES:
+            self.body = self.rfile.read(length)
+        else:
+            self.close_connection = True
         self._dispatch([("/api/dead-letters/replay", lambda _: self.action("replay")),
                         ("/api/dead-letters/purge", lambda _: self.action("purge"))])
 
@@ -248,14 +259,10 @@ class Handler(BaseHTTPRequestHandler):
         self._json({"action": name, "count": touched})
 
     def _read_json(self) -> dict:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if length < 0 or length > MAX_BODY_BYTES:
+        if self.body is None:
             raise _Refused(HTTPStatus.BAD_REQUEST, "a JSON body of at most 1 MB")
         try:
-            body = json.loads(self.rfile.read(length) or b"{}")
+            body = json.loads(self.body or b"{}")
         except ValueError:
             raise _Refused(HTTPStatus.BAD_REQUEST, "the body is not JSON") from None
         if not isinstance(body, dict):
