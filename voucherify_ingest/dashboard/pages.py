@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from voucherify_ingest.deadletters import REASONS
+from voucherify_ingest.flow import RATE_WINDOW_MIN
 from voucherify_ingest.timefmt import iso_utc
 
 ENTRY_KNOWN = {"id", "event", "reason", "status", "error", "attempts", "first_enqueued_at",
@@ -58,6 +59,12 @@ def age(seconds: float | None) -> str:
     return f"{s / 3600:.1f} h"
 
 
+def _eta(lane: dict[str, Any]) -> str:
+    if not lane["queued"]:
+        return "empty"
+    return "no flow" if lane["eta_s"] is None else age(lane["eta_s"])
+
+
 def overview_page(data: dict[str, Any], refresh_s: float) -> str:
     return (f'<h1>Overview <small id="at">{e(data["at"])}</small></h1>'
             f'<div id="live" data-refresh-ms="{int(refresh_s * 1000)}">'
@@ -69,7 +76,7 @@ def overview_fragment(d: dict[str, Any]) -> str:
         f'<tr><td>{e(lane["name"])}</td>'
         f'<td class="num" data-testid="queued-{e(lane["name"])}">{lane["queued"]}</td>'
         f'<td class="num">{age(lane["oldest_age_s"])}</td>'
-        f'<td class="num">{"no flow" if lane["eta_s"] is None else age(lane["eta_s"])}</td>'
+        f'<td class="num">{_eta(lane)}</td>'
         "</tr>"
         for lane in d["lanes"]
     )
@@ -108,9 +115,11 @@ def overview_fragment(d: dict[str, Any]) -> str:
  <div class="card"><h2>Flow</h2><table>
   <tr><td>in flight</td><td class="num" data-testid="in-flight">{d["in_flight"]}</td></tr>
   <tr><td>waiting retry</td><td class="num" data-testid="waiting-retry">{d["delayed"]}</td></tr>
-  <tr><td>delivered / min</td><td class="num">{pm["delivered"]:g}
+  <tr><td>delivered / min <small>({RATE_WINDOW_MIN}-min mean)</small></td>
+   <td class="num">{pm["delivered"]:g}
    <small>(this minute {tm["delivered"]})</small></td></tr>
-  <tr><td>failed / min</td><td class="num">{pm["failed"]:g}
+  <tr><td>failed / min <small>({RATE_WINDOW_MIN}-min mean)</small></td>
+   <td class="num">{pm["failed"]:g}
    <small>(this minute {tm["failed"]})</small></td></tr>
   <tr><td>delivered total</td><td class="num" data-testid="delivered-total">
    {totals["delivered"]}</td></tr>
@@ -229,7 +238,7 @@ def entry_page(entry: dict[str, Any], *, read_only: bool) -> str:
     said = "".join(f"<tr><th>{e(k)}</th><td>{_value(v)}</td></tr>"
                    for k, v in err.items() if v not in (None, ""))
     facts = "".join(
-        f"<tr><th>{e(k)}</th><td>{e(entry.get(k))}</td></tr>"
+        f"<tr><th>{e(k)}</th><td>{'–' if entry.get(k) is None else e(entry.get(k))}</td></tr>"
         for k in ("id", "event", "reason", "status", "attempts", "first_enqueued_at",
                   "last_failed_at", "worker_host"))
     # In-doubt evidence, verification results and anything else a newer worker writes.
