@@ -101,9 +101,25 @@ class Letters:
     def page(self, query: Query, cursor: str | None = None, rows: int = PAGE_ROWS) -> Listing:
         if query.q:
             return self._search(query, cursor, rows)
-        page = self.dlq.list(limit=rows, cursor=cursor or None, **query.store_filters())
-        matching = self.dlq.matching(**query.store_filters()) if query.cheap_to_count else None
+        filters = self._narrowed(query)
+        page = self.dlq.list(limit=rows, cursor=cursor or None, **filters)
+        matching = self.dlq.matching(**filters) if query.cheap_to_count else None
         return Listing(page.entries, page.next_cursor, matching)
+
+    def _narrowed(self, query: Query) -> dict[str, Any]:
+        """A status held under one reason only (per the exact counts) walks that reason's
+        index instead of all entries: a rare status is then found without reading the rest."""
+        filters = query.store_filters()
+        if query.status is None or query.reason is not None:
+            return filters
+        stats = self.dlq.stats()
+        if not stats["counts_exact"]:
+            return filters
+        holding = [reason for reason, statuses in stats["by_reason_status"].items()
+                   if statuses.get(query.status)]
+        if len(holding) == 1 and holding[0] in REASONS:
+            filters["reason"] = holding[0]
+        return filters
 
     def _search(self, query: Query, cursor: str | None, rows: int) -> Listing:
         if not cursor:
