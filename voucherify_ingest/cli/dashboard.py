@@ -50,6 +50,9 @@ def dashboard_command(host, port, read_only, refresh_s):
     log.info("dashboard_listening", url=f"http://{bound_host}:{bound_port}/",
              read_only=read_only, users=len(settings.dashboard_credentials),
              redis=settings.safe_redis_url, queue=settings.queue)
+    if bound_host not in ("127.0.0.1", "::1"):
+        log.warning("dashboard_not_loopback", host=bound_host,
+                    hint="HTTP Basic sends the password with every request: put TLS in front")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

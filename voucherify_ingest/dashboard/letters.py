@@ -18,6 +18,7 @@ from voucherify_ingest.deadletters import REASONS, DeadLetterQueue
 
 PAGE_ROWS = 50
 SEARCH_BUDGET = 5_000  # entries one source_id search request reads before it returns a cursor
+CHUNK_MAX = 500  # a sparse search reads up to this many entries per round trip
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -127,14 +128,17 @@ class Letters:
             if by_id:
                 return Listing(by_id, None, 1)
         found: list[dict[str, Any]] = []
-        scanned = 0
+        scanned, chunk = 0, rows
         while len(found) < rows and scanned < SEARCH_BUDGET:
-            page = self.dlq.list(limit=rows, cursor=cursor or None, **query.store_filters())
+            page = self.dlq.list(limit=chunk, cursor=cursor or None, **query.store_filters())
             scanned += len(page.entries)
-            found.extend(e for e in page.entries if source_id_of(e) == query.q)
+            hits = [e for e in page.entries if source_id_of(e) == query.q]
+            found.extend(hits)
             cursor = page.next_cursor
             if cursor is None:
                 break
+            if len(hits) * 4 < chunk:  # sparse: read bigger chunks (fewer round trips)
+                chunk = min(CHUNK_MAX, chunk * 2)
         return Listing(found, cursor, None)
 
     def count(self, query: Query, *, for_replay: bool) -> int:
@@ -142,7 +146,7 @@ class Letters:
         entries alone unless the filter asks for them (as ``DeadLetterQueue.replay`` does)."""
         filters = query.store_filters()
         if query.q:
-            return sum(1 for e in self.iter_matching(query))
+            return len(self._ids_matching(query, time.time(), for_replay=for_replay))
         n = self.dlq.matching(**filters)
         if for_replay and query.reason is None:
             n -= self.dlq.matching(**filters, reason="invalid")
@@ -153,9 +157,11 @@ class Letters:
             if not query.q or entry.get("id") == query.q or source_id_of(entry) == query.q:
                 yield entry
 
-    def _ids_matching(self, query: Query, until: float) -> list[str]:
+    def _ids_matching(self, query: Query, until: float, *, for_replay: bool) -> list[str]:
+        skip_invalid = for_replay and query.reason != "invalid"
         return [e["id"] for e in self.iter_matching(query)
-                if e.get("last_failed_ts", 0) <= until]
+                if e.get("last_failed_ts", 0) <= until
+                and not (skip_invalid and e.get("reason") == "invalid")]
 
     def replay(self, *, ids: list[str] | None = None, query: Query | None = None,
                until: float | None = None) -> int:
@@ -164,7 +170,7 @@ class Letters:
         assert query is not None
         until = _cap(query.until, until)
         if query.q:
-            ids = self._ids_matching(query, until)
+            ids = self._ids_matching(query, until, for_replay=True)
             return self.dlq.replay(ids=tuple(ids)).replayed if ids else 0
         return self.dlq.replay(**{**query.store_filters(), "until": until}).replayed
 
@@ -175,7 +181,7 @@ class Letters:
         assert query is not None
         until = _cap(query.until, until)
         if query.q:
-            ids = self._ids_matching(query, until)
+            ids = self._ids_matching(query, until, for_replay=False)
             return self.dlq.purge(ids=tuple(ids)) if ids else 0
         return self.dlq.purge(**{**query.store_filters(), "until": until})
 
