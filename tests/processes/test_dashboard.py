@@ -394,3 +394,25 @@ def test_read_only_shows_and_accepts_no_action(pipeline_env, pipeline_settings, 
     assert page.request.get("/api/dead-letters/count").status == 403
     assert dlq.count() == 5 and redis_client.llen(pipeline_settings.queue) == 0
     assert isinstance(redis_client, redis.Redis)
+
+
+def test_a_redis_outage_is_a_clear_page_and_the_dashboard_recovers(
+    private_redis, namespace, standin, make_process
+):
+    from tests.support.pipeline import make_env
+
+    env = make_env(private_redis.url, namespace, standin.url)
+    _, url = start_dashboard(make_process, env)
+    auth = (USER, PASSWORD)
+    assert requests.get(url, auth=auth, timeout=10).status_code == 200
+    private_redis.kill()  # down; start() brings it back on the same port
+    down = requests.get(url + "dead-letters", auth=auth, timeout=30)
+    assert down.status_code == 503 and "Redis unavailable" in down.text
+    assert APP_TOKEN not in down.text
+    private_redis.start()
+    deadline = time.monotonic() + 20
+    status = 0
+    while time.monotonic() < deadline and status != 200:
+        status = requests.get(url, auth=auth, timeout=10).status_code
+        time.sleep(0.2)
+    assert status == 200
