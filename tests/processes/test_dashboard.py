@@ -323,6 +323,16 @@ def test_purge_needs_the_confirmation(pipeline_env, pipeline_settings, redis_cli
     expect(page.locator("#flash")).to_contain_text(f"Purged {left}")
     assert dlq.matching(reason="retries_exhausted") == 0 and dlq.count() == 7 - left
 
+    # One entry from its own page.
+    last = dlq.list(limit=1).entries[0]["id"]
+    page.goto(f"/dead-letters/entry/{last}")
+    page.get_by_test_id("dlq-purge-one").click()
+    assert f"Purge (delete for good) this entry ({last})?" in page.locator(
+        "#modal-text").inner_text()
+    page.get_by_test_id("confirm").click()
+    expect(page.locator("#flash")).to_contain_text("Purged 1")
+    assert dlq.get(last) is None and dlq.count() == 6 - left
+
 
 # -- security -----------------------------------------------------------------------------
 

@@ -92,8 +92,9 @@
       if (!count) { flash("Nothing matches this filter.", true); return; }
     }
     const filterText = Object.keys(filter).map(function (k) { return k + "=" + filter[k]; });
-    const text = (action === "replay" ? "Replay " : "Purge (delete for good) ") + count +
-      " " + what + " entr" + (count === 1 ? "y" : "ies") +
+    const verb = action === "replay" ? "Replay " : "Purge (delete for good) ";
+    const text = what === "this" ? verb + "this entry (" + body.ids[0] + ")?" :
+      verb + count + " " + what + " entr" + (count === 1 ? "y" : "ies") +
       (what === "matching" ? " (" + (filterText.join(", ") || "no filter") + ")" : "") + "?";
     if (!(await confirmStep(text))) { flash("Cancelled; nothing was changed."); return; }
     try {
