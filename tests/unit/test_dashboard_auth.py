@@ -70,3 +70,10 @@ def test_query_parses_filters_and_names_a_bad_one():
                       ({"since": "soon"}, "since")):
         with pytest.raises(BadFilter, match=name):
             Query.parse(bad)
+
+
+def test_dashboard_passwords_are_masked_in_logs():
+    from voucherify_ingest.logs import _secrets_of, mask_secrets
+
+    settings = Settings.from_env({"VOUCHERIFY_DASHBOARD_CREDENTIALS": "ann:hunter2-long"})
+    assert mask_secrets("login hunter2-long", _secrets_of(settings)) == "login ***"
