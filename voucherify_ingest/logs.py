@@ -31,6 +31,7 @@ def _secrets_of(settings: Settings) -> tuple[str, ...]:
     if password:
         found += [password, unquote(password)]
     found += [token for _, token in settings.ingest_credentials]
+    found += [password for _, password in settings.dashboard_credentials]
     # Very short secrets would mask innocent text; they are not worth hiding from logs anyway.
     return tuple(sorted({s for s in found if s and len(s) >= 4}, key=len, reverse=True))
 

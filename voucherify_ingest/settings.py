@@ -100,6 +100,17 @@ WORKER_POOLS = ("threads", "prefork", "solo")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
+def _parse_user_passwords(name: str, raw: str) -> tuple[tuple[str, str], ...]:
+    """``user:password[,user:password...]``; a password may hold ``:`` (a user name may not)."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        user, sep, password = item.partition(":")
+        if not sep or not user or not password:
+            raise ConfigError(f"{name} must be a comma-separated list of user:password pairs")
+        pairs.append((user, password))
+    return tuple(pairs)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the producers, workers and CLI need; docs/workers-and-configuration.md
@@ -163,6 +174,11 @@ class Settings:
         default=(), repr=False, metadata={"env": "VOUCHERIFY_INGEST_CREDENTIALS"}
     )
 
+    # Operator dashboard (`voucherify-ingest dashboard`): user:password pairs for HTTP Basic.
+    dashboard_credentials: tuple[tuple[str, str], ...] = field(
+        default=(), repr=False, metadata={"env": "VOUCHERIFY_DASHBOARD_CREDENTIALS"}
+    )
+
     # Logging
     log_level: str = field(default="INFO", metadata={"env": "VOUCHERIFY_LOG_LEVEL"})
     log_format: str = field(default="auto", metadata={"env": "VOUCHERIFY_LOG_FORMAT"})
@@ -206,6 +222,8 @@ class Settings:
             return _parse_bool(name, raw)
         if f.name == "ingest_credentials":
             return _parse_credentials(name, raw)
+        if f.name == "dashboard_credentials":
+            return _parse_user_passwords(name, raw)
         return raw.strip()
 
     def replace(self, **changes) -> Settings:

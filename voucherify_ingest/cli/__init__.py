@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
               "Show the flow: queues, in flight, rate, dead letters, workers."),
     "metrics": ("metrics", "metrics_command",
                 "Serve Prometheus metrics read from Redis at each scrape."),
+    "dashboard": ("dashboard", "dashboard_command",
+                  "Serve the operator dashboard: live flow, dead letters to replay or purge."),
     "serve": ("serve", "serve_command",
               "Accept POST /v1/events like Voucherify does; enqueue what is valid."),
     "spool": ("spool", "spool_group",
