@@ -16,7 +16,8 @@ crash on a message that is not a kombu message.
    ``voucherify.unreadable`` (registered nowhere), which ``worker.poison.Consumer`` turns into
    a dead letter with reason ``invalid``.
 
-Selected by ``broker_transport`` in ``worker.app``; everything else is kombu's own transport.
+Selected by ``broker_transport`` in ``worker.app`` (``SentinelTransport`` for a
+``sentinel://`` URL); everything else is kombu's own transport.
 """
 
 from __future__ import annotations
@@ -118,8 +119,8 @@ def _recorded_tag(item: bytes) -> str | None:
     return tag if isinstance(tag, str) else None
 
 
-class Channel(kombu_redis.Channel):
-    """A Redis channel whose consuming step is one atomic script (see the module docstring)."""
+class _AtomicTake:
+    """The consuming step as one atomic script (see the module docstring); a channel mixin."""
 
     _wait_next = False  # the last take found nothing: wait for an item before taking again
 
@@ -175,5 +176,20 @@ class Channel(kombu_redis.Channel):
                 flush()
 
 
+class Channel(_AtomicTake, kombu_redis.Channel):
+    """kombu's Redis channel with the atomic take."""
+
+
+class SentinelChannel(_AtomicTake, kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel (finds the master through the sentinels on each connection,
+    ``master_name`` in the transport options) with the atomic take."""
+
+
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """Selected by ``worker.app`` when ``REDIS_URL`` is ``sentinel://...``."""
+
+    Channel = SentinelChannel
