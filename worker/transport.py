@@ -26,6 +26,7 @@ import base64
 import json
 import time
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
@@ -182,7 +183,26 @@ class Channel(_AtomicTake, kombu_redis.Channel):
 
 class SentinelChannel(_AtomicTake, kombu_redis.SentinelChannel):
     """kombu's Sentinel channel (finds the master through the sentinels on each connection,
-    ``master_name`` in the transport options) with the atomic take."""
+    ``master_name`` in the transport options) with the atomic take.
+
+    After a failover Celery reconnects with a new transport, and the late ack of a delivery
+    that ran across it arrives on the old, detached channel. kombu reads the sentinel list
+    from ``self.connection.client.alt``, which is gone by then ("'NoneType' object has no
+    attribute 'client'" killed the worker); ``worker.kombu_fix`` keeps the connection details
+    each channel was built with, and they are used here too.
+    """
+
+    def _sentinel_managed_pool(self, asynchronous=False):
+        transport = self.connection
+        saved = self.__dict__.get("_voucherify_conninfo")
+        if (transport is not None and transport.client is not None) or saved is None:
+            return super()._sentinel_managed_pool(asynchronous)
+        client, default_port = saved
+        self.connection = SimpleNamespace(client=client, default_port=default_port)
+        try:
+            return super()._sentinel_managed_pool(asynchronous)
+        finally:
+            self.connection = transport
 
 
 class Transport(kombu_redis.Transport):
