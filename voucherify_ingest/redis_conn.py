@@ -16,13 +16,24 @@ timeout``) until N replicas have it; fewer raises :class:`ReplicasNotConfirmed`,
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import redis
 import redis.sentinel
 
-from voucherify_ingest.errors import BrokerUnavailable, ConfigError
+from voucherify_ingest.errors import BrokerUnavailable
+from voucherify_ingest.sentinel_url import sentinel_hosts, sentinel_master_options
 from voucherify_ingest.settings import Settings, redact_url
+
+__all__ = [
+    "ConfirmingRedis",
+    "ReplicasNotConfirmed",
+    "broker_unavailable",
+    "check_replicas",
+    "make_redis",
+    "sentinel_hosts",
+    "sentinel_kwargs",
+    "sentinel_master_options",
+]
 
 
 class ReplicasNotConfirmed(redis.ConnectionError):
@@ -55,38 +66,6 @@ def check_replicas(acked: int, wanted: int, timeout_ms: int) -> None:
         raise ReplicasNotConfirmed(
             f"only {int(acked)} of {wanted} replicas confirmed the write within {timeout_ms} ms"
         )
-
-
-def sentinel_hosts(url: str) -> list[tuple[str, int]]:
-    """The ``(host, port)`` of each ``sentinel://`` part; ConfigError naming REDIS_URL."""
-    hosts = []
-    for part in filter(None, (p.strip() for p in url.split(";"))):
-        try:
-            parts = urlsplit(part)
-            port = parts.port or 26379
-        except ValueError:
-            parts, port = None, 0
-        if parts is None or parts.scheme != "sentinel" or not parts.hostname:
-            raise ConfigError(
-                "REDIS_URL in Sentinel form must be sentinel://host:port parts separated by ';', "
-                f"got {redact_url(url)!r}"
-            )
-        hosts.append((parts.hostname, port))
-    return hosts
-
-
-def sentinel_master_options(url: str) -> dict[str, Any]:
-    """Password, username and database for the master, read from the first part (as kombu)."""
-    parts = urlsplit(url.split(";", 1)[0].strip())
-    options: dict[str, Any] = {}
-    if parts.password:
-        options["password"] = unquote(parts.password)
-    if parts.username:
-        options["username"] = unquote(parts.username)
-    path = parts.path.strip("/")
-    if path.isdigit():
-        options["db"] = int(path)
-    return options
 
 
 def sentinel_kwargs(settings: Settings, timeout: float) -> dict[str, Any]:

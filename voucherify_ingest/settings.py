@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from urllib.parse import urlsplit, urlunsplit
 
 from voucherify_ingest.errors import ConfigError
+from voucherify_ingest.sentinel_url import sentinel_hosts
 
 DEFAULT_API_URL = "https://api.voucherify.io"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -213,9 +214,7 @@ class Settings:
 
     def _validate_sentinel_and_auth(self) -> None:
         if self.uses_sentinel:
-            from voucherify_ingest.redis_conn import sentinel_hosts  # ConfigError naming REDIS_URL
-
-            sentinel_hosts(self.redis_url)
+            sentinel_hosts(self.redis_url)  # ConfigError naming REDIS_URL
             if not self.redis_sentinel_master:
                 raise ConfigError(
                     "VOUCHERIFY_REDIS_SENTINEL_MASTER must name the master (sentinel monitor "
