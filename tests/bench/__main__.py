@@ -20,6 +20,7 @@ from tests.bench import BenchContext, Row, format_table
 
 MODULES = [
     "enqueue", "drain", "throughput", "ratelimit", "dlq", "serve", "spool", "memory",
+    "replica_wait",
 ]
 
 
