@@ -131,11 +131,19 @@ class Producer:
                 self._redis.lpush(self.queue, messages[0])
             elif messages:
                 self._push_pipelined(messages)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            if spool is not None:
-                spool.append(messages)  # fsync'd, or SpoolFull: never a silent drop
-                return
-            raise broker_unavailable(self.settings.redis_url, exc) from None
+        except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError) as exc:
+            self._store_elsewhere(messages, exc)
+        except redis.ResponseError as exc:
+            if not str(exc).startswith("NOREPLICAS"):  # min-replicas-to-write refused it
+                raise
+            self._store_elsewhere(messages, exc)
+
+    def _store_elsewhere(self, messages: list[str], exc: BaseException) -> None:
+        """Redis did not store (or confirm) the messages: spool them or raise our error."""
+        if self.spool is not None:
+            self.spool.append(messages)  # fsync'd, or SpoolFull: never a silent drop
+            return
+        raise broker_unavailable(self.settings.redis_url, exc) from None
 
     def _push_pipelined(self, messages: list[str]) -> None:
         """Many LPUSHes in one round trip; with ``VOUCHERIFY_REDIS_WAIT_REPLICAS`` one WAIT

@@ -87,3 +87,18 @@ def test_serve_pusher_refuses_unconfirmed_batches(redis_url, namespace):
     error, failed = asyncio.run(run())
     assert isinstance(error, ReplicasNotConfirmed)
     assert failed == 5, "a request of an unconfirmed batch would have heard 200"
+
+
+def test_min_replicas_to_write_refusal_is_broker_unavailable(make_redis_server, namespace):
+    server = make_redis_server()
+    client = server.client()
+    try:
+        client.config_set("min-replicas-to-write", 1)  # the server-side guard, no replica here
+    finally:
+        client.close()
+    producer = Producer(_settings(server.url, namespace, VOUCHERIFY_REDIS_WAIT_REPLICAS="0"))
+    try:
+        with pytest.raises(BrokerUnavailable, match="NOREPLICAS|did not answer"):
+            producer.enqueue_event(EVENT)
+    finally:
+        producer.close()
