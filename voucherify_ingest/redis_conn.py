@@ -30,6 +30,7 @@ __all__ = [
     "broker_unavailable",
     "check_replicas",
     "make_redis",
+    "read_timeout_s",
     "sentinel_hosts",
     "sentinel_kwargs",
     "sentinel_master_options",
@@ -61,11 +62,26 @@ class ConfirmingRedis(redis.Redis):
         return length
 
 
+    def close(self) -> None:
+        """Close the sentinels' connections too (a Sentinel client holds one per sentinel)."""
+        super().close()
+        manager = getattr(self.connection_pool, "sentinel_manager", None)
+        for sentinel in getattr(manager, "sentinels", ()):
+            sentinel.close()
+
+
 def check_replicas(acked: int, wanted: int, timeout_ms: int) -> None:
     if int(acked) < wanted:
         raise ReplicasNotConfirmed(
             f"only {int(acked)} of {wanted} replicas confirmed the write within {timeout_ms} ms"
         )
+
+
+def read_timeout_s(settings: Settings, timeout_s: float) -> float:
+    """A reply may take the WAIT's own bound on top of the usual timeout."""
+    if settings.redis_wait_replicas > 0:
+        return timeout_s + settings.redis_wait_timeout_ms / 1000
+    return timeout_s
 
 
 def sentinel_kwargs(settings: Settings, timeout: float) -> dict[str, Any]:
@@ -80,7 +96,7 @@ def make_redis(settings: Settings, *, timeout_s: float | None = None) -> redis.R
     """A client that fails fast: a web request must not hang when Redis is down."""
     timeout = settings.redis_timeout_s if timeout_s is None else timeout_s
     options: dict[str, Any] = {
-        "socket_timeout": timeout,
+        "socket_timeout": read_timeout_s(settings, timeout),
         "socket_connect_timeout": timeout,
         "health_check_interval": 30,
         "client_name": "voucherify-ingest",

@@ -33,6 +33,7 @@ from redis.backoff import NoBackoff
 from voucherify_ingest.redis_conn import (
     ReplicasNotConfirmed,
     check_replicas,
+    read_timeout_s,
     sentinel_hosts,
     sentinel_kwargs,
     sentinel_master_options,
@@ -50,7 +51,7 @@ def make_async_redis(settings: Settings) -> aioredis.Redis:
     """
     timeout = settings.redis_timeout_s
     options = {
-        "socket_timeout": timeout,
+        "socket_timeout": read_timeout_s(settings, timeout),
         "socket_connect_timeout": timeout,
         "health_check_interval": 30,
         "retry": Retry(NoBackoff(), 1),
@@ -153,6 +154,10 @@ class BatchPusher:
                 self._connection = self.client.connection_pool.make_connection()
             connection = self._connection
             try:
+                if not connection.is_connected:
+                    # connect() itself: redis-py's send_packed_command would connect with the
+                    # plain method, which skips a Sentinel connection's master lookup.
+                    await connection.connect()
                 await connection.send_packed_command(packed, check_health=False)
                 await connection.read_response()
                 if self._wait:
@@ -185,6 +190,9 @@ class BatchPusher:
         if self._connection is not None:
             await self._connection.disconnect()
         await self.client.aclose()
+        manager = getattr(self.client.connection_pool, "sentinel_manager", None)
+        for sentinel in getattr(manager, "sentinels", ()):
+            await sentinel.aclose()  # a Sentinel client holds one connection per sentinel
 
 
 class _Stopped(redis.ConnectionError):

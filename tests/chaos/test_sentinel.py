@@ -204,3 +204,65 @@ def _run(cluster, tmp_path, standin, make_process, n_events, chaos_report):
 
 def _s(seconds: float | None) -> str:
     return "never" if seconds is None else f"{seconds:.1f} s"
+
+
+def test_clients_follow_a_switchover_off_a_demoted_master(tmp_path):
+    """``SENTINEL FAILOVER`` demotes a live master: connections to it now get ``READONLY``.
+    serve's raw LPUSH connection and ``make_redis`` clients must move to the new master."""
+    import asyncio
+
+    from producers.serve.pusher import BatchPusher
+
+    try:
+        cluster = SentinelCluster(tmp_path / "cluster").start()
+    except RedisServerUnavailable as exc:
+        pytest.skip(f"no redis-server: {exc}")
+    try:
+        settings = Settings.from_env({
+            "REDIS_URL": cluster.url, "VOUCHERIFY_REDIS_SENTINEL_MASTER": MASTER_NAME,
+            "VOUCHERIFY_QUEUE": "switch-events", "VOUCHERIFY_REDIS_WAIT_REPLICAS": "1",
+            "VOUCHERIFY_REDIS_WAIT_TIMEOUT_MS": "1000",
+        })
+        client = make_redis(settings)
+
+        async def scenario() -> tuple[int, int, int]:
+            pusher = BatchPusher.for_settings(settings)
+            try:
+                await pusher.push("before")
+                client.lpush("switch-events", "sync-before")
+                old = cluster.master_by_sentinels()
+                sentinel = cluster.client(next(iter(cluster.sentinels)))
+                try:
+                    sentinel.execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
+                finally:
+                    sentinel.close()
+                new = await asyncio.to_thread(cluster.wait_for_failover, old, 30)
+                deadline = time.monotonic() + 30
+                while cluster.role(old) != "slave" and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
+                assert cluster.role(old) == "slave", "the old master was not demoted"
+                failures = 0
+                while True:  # the old connection answers READONLY once; then the new master
+                    try:
+                        await pusher.push("after")
+                        client.lpush("switch-events", "sync-after")
+                        break
+                    except redis.RedisError:
+                        failures += 1
+                        assert time.monotonic() < deadline, "clients never reached the new master"
+                        await asyncio.sleep(0.2)
+                return old, new, failures
+            finally:
+                await pusher.close()
+
+        old, new, failures = asyncio.run(scenario())
+        on_new = cluster.client(new)
+        try:
+            stored = set(on_new.lrange("switch-events", 0, -1))
+        finally:
+            on_new.close()
+            client.close()
+        assert stored == {b"before", b"sync-before", b"after", b"sync-after"}
+        assert failures <= 2, f"{failures} pushes failed after the switchover"
+    finally:
+        cluster.stop()
