@@ -22,6 +22,7 @@ key                            type    what
 ``{p}:workers``                zset    worker node -> last heartbeat epoch s
 ``{p}:oauth:{h}``              string  the fleet's OAuth access token (JSON), expires with it
 ``{p}:oauth:{h}:lock``         string  held by the one worker fetching the next token
+``{p}:oauth:{h}:replaced``     string  a token was replaced after a 401 (30 s): no second one
 ``{p}:unacked``                hash    kombu: messages handed to a worker, not yet acked
 ``{p}:unacked_index``          zset    kombu: the same by delivery time (visibility timeout)
 =============================  ======  ===========================================================

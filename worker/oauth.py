@@ -11,8 +11,11 @@ base URL and the scope share one:
 - once it is due, the one worker that wins ``SET {p}:oauth:{h}:lock NX PX`` fetches the next
   token (``POST /v1/oauth/token``, its slot taken from the shared rate limiter) while the
   others keep using the current one; with no usable token they wait for the new one, bounded;
-- a 401 on an API call with token T deletes T from Redis (only if it is still T) and fetches
-  once more under the same lock: a burst of 401s for one token makes one new token.
+- a 401 on an API call with token T makes T unusable for this worker, which fetches once
+  more under the same lock (unless another worker already replaced T): a burst of 401s for
+  one token makes one new token, and the fleet makes at most one such replacement per
+  ``REPLACE_AFTER_401_EVERY_S`` (an API that rejects every token gets ``AuthRejected``, not
+  a new token per event).
 
 The token never reaches a log line, an exception message or a ``repr``.
 
@@ -35,7 +38,7 @@ import redis
 import requests
 import structlog
 
-from voucherify_ingest.errors import RetryableDelivery
+from voucherify_ingest.errors import AuthRejected, RetryableDelivery
 from voucherify_ingest.keys import Keys
 from voucherify_ingest.settings import Settings
 from worker.client import USER_AGENT, classify
@@ -45,8 +48,11 @@ WAIT_FOR_TOKEN_S = 15.0  # how long a worker without a usable token waits for an
 POLL_S = 0.05
 MIN_REFRESH_AHEAD_S = 1.0
 EXPIRY_MARGIN_S = 2.0  # a token this close to its expiry is not sent any more
+# At most one replacement after a 401 per this many seconds for the fleet: an API that rejects
+# every token (a scope without "events", a blocked key) must not burn the project's token cap.
+REPLACE_AFTER_401_EVERY_S = 30
 
-# KEYS[1] = the key; ARGV[1] = the value it must still hold. Deletes it then; returns 1 or 0.
+# KEYS[1] = the lock; ARGV[1] = its owner. Deletes it only if still ours; returns 1 or 0.
 DELETE_IF_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -100,6 +106,7 @@ class TokenSource:
         keys = Keys.from_settings(settings)
         self.key = keys.oauth_token(settings.app_id, settings.api_base, settings.oauth_scope)
         self.lock_key = keys.oauth_lock(settings.app_id, settings.api_base, settings.oauth_scope)
+        self.replaced_key = f"{self.key}:replaced"
         self.url = settings.api_base + TOKEN_PATH
         self.timeout = (settings.connect_timeout_s, settings.read_timeout_s)
         self.lock_ttl_ms = int(
@@ -131,21 +138,14 @@ class TokenSource:
             raise _redis_failed(exc) from None
 
     def refresh_after_rejection(self, rejected: str) -> str:
-        """The API answered 401 to ``rejected``: drop it (if still current) and get another."""
+        """The API answered 401 to ``rejected``: get another (the fleet's, or a fresh one)."""
         self._cached = None
         try:
-            self._delete_if_value(rejected)
             return self._replace(rejected=rejected).value
         except redis.RedisError as exc:
             raise _redis_failed(exc) from None
 
     # -- sharing ------------------------------------------------------------------------------
-
-    def _delete_if_value(self, rejected: str) -> None:
-        raw = self.redis.get(self.key)
-        current = AccessToken.from_json(raw)
-        if current is not None and current.value == rejected:
-            self._delete_if(keys=[self.key], args=[raw])
 
     def _read(self) -> AccessToken | None:
         return AccessToken.from_json(self.redis.get(self.key))
@@ -168,6 +168,15 @@ class TokenSource:
                     if self._usable(shared, rejected) and time.time() < shared.refresh_at:
                         self._cached = shared
                         return shared
+                    if rejected is not None and not self.redis.set(
+                        self.replaced_key, "1", nx=True, ex=REPLACE_AFTER_401_EVERY_S
+                    ):
+                        raise AuthRejected(
+                            "HTTP 401: the API rejected a fresh OAuth token too (not fetching "
+                            f"another within {REPLACE_AFTER_401_EVERY_S} s; check the scope "
+                            "and the API key)",
+                            status=401,
+                        )
                     fresh = self._fetch()
                     ttl_ms = max(1, int((fresh.expires_at - time.time()) * 1000))
                     self.redis.set(self.key, fresh.to_json(), px=ttl_ms)

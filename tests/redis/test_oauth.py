@@ -136,3 +136,20 @@ def test_bad_pair_is_an_auth_error_not_a_token(redis_url, redis_client, namespac
         TokenSource(settings, redis_client).token()
     assert "wrong-token" not in str(caught.value)
     assert api.tokens.issued == 0
+
+
+def test_an_api_rejecting_every_token_does_not_burn_the_token_cap(
+    redis_url, redis_client, namespace, api
+):
+    from voucherify_ingest.errors import AuthRejected
+
+    settings = _settings(redis_url, namespace, api.url)
+    client = VoucherifyClient(settings, tokens=TokenSource(settings, redis_client))
+    api.set_down(401)  # every event answered 401 (e.g. a token whose scope lacks "events")
+    try:
+        for i in range(6):
+            with pytest.raises(AuthRejected):
+                client.send_event(EVENT, event_id=f"e{i}")
+    finally:
+        client.close()
+    assert api.tokens.issued == 2, "each rejected event fetched a token of its own"
