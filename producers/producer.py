@@ -19,7 +19,7 @@ from voucherify_ingest import jsoncodec
 from voucherify_ingest.errors import InvalidEvent, PayloadTooLarge, SpoolFull
 from voucherify_ingest.events import validate_event
 from voucherify_ingest.messages import EVENT_ID_RE, batch_message, event_message, make_envelope
-from voucherify_ingest.redis_conn import broker_unavailable, make_redis
+from voucherify_ingest.redis_conn import broker_unavailable, check_replicas, make_redis
 from voucherify_ingest.settings import Settings
 
 
@@ -71,7 +71,8 @@ class Producer:
         """Validate, stamp and enqueue one event; return its event id.
 
         Raises ``InvalidEvent`` (with ``.messages``) for a bad payload and ``BrokerUnavailable``
-        when Redis does not answer within ``VOUCHERIFY_REDIS_TIMEOUT_S`` (unless a spool is
+        when Redis does not answer within ``VOUCHERIFY_REDIS_TIMEOUT_S``, or fewer than
+        ``VOUCHERIFY_REDIS_WAIT_REPLICAS`` replicas confirm the write in time (unless a spool is
         configured, in which case the event is spooled to disk and the id returned, or
         ``SpoolFull`` raised when the spool is at its cap).
         """
@@ -126,18 +127,37 @@ class Producer:
             except SpoolFull:
                 pass  # Redis may be back already: try it before giving up
         try:
-            if len(messages) == 1:
+            if len(messages) == 1 and not self.settings.redis_wait_replicas:
                 self._redis.lpush(self.queue, messages[0])
             elif messages:
-                with self._redis.pipeline(transaction=False) as pipe:
-                    for start in range(0, len(messages), 1000):
-                        pipe.lpush(self.queue, *messages[start : start + 1000])
-                    pipe.execute()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            if spool is not None:
-                spool.append(messages)  # fsync'd, or SpoolFull: never a silent drop
-                return
-            raise broker_unavailable(self.settings.redis_url, exc) from None
+                self._push_pipelined(messages)
+        except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError) as exc:
+            self._store_elsewhere(messages, exc)
+        except redis.ResponseError as exc:
+            if not str(exc).startswith("NOREPLICAS"):  # min-replicas-to-write refused it
+                raise
+            self._store_elsewhere(messages, exc)
+
+    def _store_elsewhere(self, messages: list[str], exc: BaseException) -> None:
+        """Redis did not store (or confirm) the messages: spool them or raise our error."""
+        if self.spool is not None:
+            self.spool.append(messages)  # fsync'd, or SpoolFull: never a silent drop
+            return
+        raise broker_unavailable(self.settings.redis_url, exc) from None
+
+    def _push_pipelined(self, messages: list[str]) -> None:
+        """Many LPUSHes in one round trip; with ``VOUCHERIFY_REDIS_WAIT_REPLICAS`` one WAIT
+        after them (``ReplicasNotConfirmed`` when too few replicas have them in time)."""
+        replicas = self.settings.redis_wait_replicas
+        timeout_ms = self.settings.redis_wait_timeout_ms
+        with self._redis.pipeline(transaction=False) as pipe:
+            for start in range(0, len(messages), 1000):
+                pipe.lpush(self.queue, *messages[start : start + 1000])
+            if replicas > 0:
+                pipe.wait(replicas, timeout_ms)
+            replies = pipe.execute()
+        if replicas > 0:
+            check_replicas(replies[-1], replicas, timeout_ms)
 
     def queue_length(self) -> int:
         try:

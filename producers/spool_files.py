@@ -40,6 +40,13 @@ READ_BLOCK = 1 << 20
 
 def redis_target(url: str) -> str:
     """``scheme://host:port/db`` of a Redis URL: what a spool was meant for, no credentials."""
+    if url.startswith("sentinel://"):  # the sentinels (any order) and the database
+        hosts, db = [], "0"
+        for part in filter(None, (p.strip() for p in url.split(";"))):
+            sentinel = urlsplit(part)
+            hosts.append(f"{sentinel.hostname}:{sentinel.port or 26379}")
+            db = sentinel.path.strip("/") or db
+        return f"sentinel://{','.join(sorted(hosts))}/{db}"
     parts = urlsplit(url)
     if parts.scheme == "unix":
         return f"unix://{parts.path}"

@@ -20,16 +20,22 @@ key                            type    what
 ``{p}:rl:{h}:parked``          string  place in line of the last event parked for a slot
 ``{p}:stats:*``                 -      counters (see voucherify_ingest/stats.py)
 ``{p}:workers``                zset    worker node -> last heartbeat epoch s
+``{p}:oauth:{h}``              string  the fleet's OAuth access token (JSON), expires with it
+``{p}:oauth:{h}:lock``         string  held by the one worker fetching the next token
+``{p}:oauth:{h}:replaced``     string  a token was replaced after a 401 (30 s): no second one
 ``{p}:unacked``                hash    kombu: messages handed to a worker, not yet acked
 ``{p}:unacked_index``          zset    kombu: the same by delivery time (visibility timeout)
 =============================  ======  ===========================================================
 
 ``{h}`` is 16 hex digits of sha256(app id, API base URL) in literal braces (a Redis Cluster hash
-tag): two projects on one Redis never share a rate budget, and no key holds the token.
+tag): two projects on one Redis never share a rate budget, and no key name holds a secret. For
+``{p}:oauth:{h}``, ``h`` also covers the OAuth scope; its value is the token itself (a secret:
+nothing of this project prints it).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 
@@ -66,6 +72,14 @@ class Keys:
     @property
     def unacked_index(self) -> str:
         return f"{self.prefix}:unacked_index"
+
+    def oauth_token(self, app_id: str, api_base: str, scope: str) -> str:
+        base = api_base.strip().rstrip("/").lower()
+        digest = hashlib.sha256(f"{app_id}\n{base}\n{scope}".encode()).hexdigest()[:16]
+        return f"{self.prefix}:oauth:{{{digest}}}"
+
+    def oauth_lock(self, app_id: str, api_base: str, scope: str) -> str:
+        return f"{self.oauth_token(app_id, api_base, scope)}:lock"
 
     def stats(self, name: str) -> str:
         return f"{self.prefix}:stats:{name}"

@@ -23,13 +23,14 @@ _configured_secrets: tuple[str, ...] = ()
 def _secrets_of(settings: Settings) -> tuple[str, ...]:
     from urllib.parse import unquote, urlsplit
 
-    found = [settings.app_token]
-    try:
-        password = urlsplit(settings.redis_url).password
-    except ValueError:
-        password = None
-    if password:
-        found += [password, unquote(password)]
+    found = [settings.app_token, settings.redis_sentinel_password]
+    for part in settings.redis_url.split(";"):  # sentinel://...;sentinel://... has several
+        try:
+            password = urlsplit(part.strip()).password
+        except ValueError:
+            password = None
+        if password:
+            found += [password, unquote(password)]
     found += [token for _, token in settings.ingest_credentials]
     found += [password for _, password in settings.dashboard_credentials]
     # Very short secrets would mask innocent text; they are not worth hiding from logs anyway.

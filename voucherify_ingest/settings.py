@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from urllib.parse import urlsplit, urlunsplit
 
 from voucherify_ingest.errors import ConfigError
+from voucherify_ingest.sentinel_url import sentinel_hosts
 
 DEFAULT_API_URL = "https://api.voucherify.io"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -21,6 +22,8 @@ DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
 def redact_url(url: str) -> str:
     """Return ``url`` with any password replaced by ``***`` (safe for logs and errors)."""
+    if ";" in url:  # Celery's failover form: sentinel://...;sentinel://...
+        return ";".join(redact_url(part) for part in url.split(";"))
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -179,6 +182,23 @@ class Settings:
         default=(), repr=False, metadata={"env": "VOUCHERIFY_DASHBOARD_CREDENTIALS"}
     )
 
+    # Redis Sentinel, replica acknowledgement and OAuth (docs/redis-failover-and-oauth.md)
+    redis_sentinel_master: str = field(
+        default="", metadata={"env": "VOUCHERIFY_REDIS_SENTINEL_MASTER"}
+    )
+    redis_sentinel_password: str = field(
+        default="", repr=False, metadata={"env": "VOUCHERIFY_REDIS_SENTINEL_PASSWORD"}
+    )
+    redis_wait_replicas: int = field(default=0, metadata={"env": "VOUCHERIFY_REDIS_WAIT_REPLICAS"})
+    redis_wait_timeout_ms: int = field(
+        default=500, metadata={"env": "VOUCHERIFY_REDIS_WAIT_TIMEOUT_MS"}
+    )
+    auth: str = field(default="pair", metadata={"env": "VOUCHERIFY_AUTH"})
+    oauth_scope: str = field(default="events", metadata={"env": "VOUCHERIFY_OAUTH_SCOPE"})
+    oauth_refresh_ahead_s: float = field(
+        default=60.0, metadata={"env": "VOUCHERIFY_OAUTH_REFRESH_AHEAD_S"}
+    )
+
     # Logging
     log_level: str = field(default="INFO", metadata={"env": "VOUCHERIFY_LOG_LEVEL"})
     log_format: str = field(default="auto", metadata={"env": "VOUCHERIFY_LOG_FORMAT"})
@@ -240,11 +260,12 @@ class Settings:
         Outside the ``worker`` role the worker's own settings are not checked (see
         :data:`WORKER_ONLY_FIELDS`)."""
         redis = urlsplit(self.redis_url)
-        if redis.scheme not in ("redis", "rediss", "unix"):
+        if redis.scheme not in ("redis", "rediss", "unix", "sentinel"):
             raise ConfigError(
-                "REDIS_URL must start with redis://, rediss:// or unix://, "
+                "REDIS_URL must start with redis://, rediss://, unix:// or sentinel://, "
                 f"got {redact_url(self.redis_url)!r}"
             )
+        self._validate_sentinel_and_auth()
         if not self.queue:
             raise ConfigError("VOUCHERIFY_QUEUE must not be empty")
         if self.log_format not in ("auto", "json", "console"):
@@ -288,6 +309,33 @@ class Settings:
         over the network."""
         parts = urlsplit(self.api_url)
         return parts.scheme == "http" and not _is_loopback(parts.hostname or "")
+
+    def _validate_sentinel_and_auth(self) -> None:
+        if self.uses_sentinel:
+            sentinel_hosts(self.redis_url)  # ConfigError naming REDIS_URL
+            if not self.redis_sentinel_master:
+                raise ConfigError(
+                    "VOUCHERIFY_REDIS_SENTINEL_MASTER must name the master (sentinel monitor "
+                    "<name>) when REDIS_URL is sentinel://"
+                )
+        if self.redis_wait_replicas and not 1 <= self.redis_wait_timeout_ms <= 60_000:
+            raise ConfigError(
+                "VOUCHERIFY_REDIS_WAIT_TIMEOUT_MS must be 1..60000 when "
+                "VOUCHERIFY_REDIS_WAIT_REPLICAS is set (0 would make WAIT block forever)"
+            )
+        if self.auth not in ("pair", "oauth"):
+            raise ConfigError(f"VOUCHERIFY_AUTH must be pair or oauth, got {self.auth!r}")
+        scopes = self.oauth_scope.split(" ")
+        if self.auth == "oauth" and (not self.oauth_scope or "," in self.oauth_scope
+                                     or not all(scopes)):
+            raise ConfigError(
+                "VOUCHERIFY_OAUTH_SCOPE must be scopes separated by single spaces, such as "
+                f"'events' or 'events customers', got {self.oauth_scope!r}"
+            )
+
+    @property
+    def uses_sentinel(self) -> bool:
+        return self.redis_url.startswith("sentinel://")
 
     def require_credentials(self) -> None:
         """Raise :class:`ConfigError` naming each missing credential variable."""

@@ -47,7 +47,20 @@ def broker_transport_options(settings: Settings) -> dict:
         # Find a silently dropped connection in ~90 s instead of the kernel's two hours.
         "socket_keepalive_options": keepalive_options(),
         "health_check_interval": 25,
+        **sentinel_transport_options(settings),
     }
+
+
+def sentinel_transport_options(settings: Settings) -> dict:
+    """kombu's Sentinel options: the master's name, and the sentinels' own password."""
+    if not settings.uses_sentinel:
+        return {}
+    options: dict = {"master_name": settings.redis_sentinel_master}
+    sentinel_kwargs = {"socket_timeout": 5, "socket_connect_timeout": 5}
+    if settings.redis_sentinel_password:
+        sentinel_kwargs["password"] = settings.redis_sentinel_password
+    options["sentinel_kwargs"] = sentinel_kwargs
+    return options
 
 
 def _broker_ssl(settings: Settings) -> dict | None:
@@ -64,7 +77,11 @@ def create_app(settings: Settings) -> Celery:
         broker_url=settings.redis_url,
         # kombu's Redis transport with an atomic take (a SIGKILL loses no message) and
         # unreadable items wrapped instead of crashing the worker: worker/transport.py.
-        broker_transport="worker.transport:Transport",
+        broker_transport=(
+            "worker.transport:SentinelTransport"
+            if settings.uses_sentinel
+            else "worker.transport:Transport"
+        ),
         # Celery's consumer, with poison messages dead-lettered (reason invalid), not dropped.
         worker_consumer="worker.poison:Consumer",
         broker_transport_options=broker_transport_options(settings),

@@ -142,15 +142,22 @@ class VoucherifyClient:
     """
 
     def __init__(
-        self, settings: Settings, *, session: requests.Session | None = None, pool_size: int = 32
+        self,
+        settings: Settings,
+        *,
+        session: requests.Session | None = None,
+        pool_size: int = 32,
+        tokens: Any = None,
     ):
         self.settings = settings
         self.url = settings.events_url
         self.timeout = (settings.connect_timeout_s, settings.read_timeout_s)
         self.session = session or self._make_session(settings, pool_size)
+        # VOUCHERIFY_AUTH=oauth: a worker.oauth.TokenSource; each POST carries its Bearer token.
+        self.tokens = tokens
+        pair = {"X-App-Id": settings.app_id, "X-App-Token": settings.app_token}
         self._headers = {
-            "X-App-Id": settings.app_id,
-            "X-App-Token": settings.app_token,
+            **(pair if tokens is None else {}),
             "Content-Type": "application/json",
             "Accept": "application/json",
             "User-Agent": USER_AGENT,
@@ -183,8 +190,24 @@ class VoucherifyClient:
         return session
 
     def send_event(self, payload: dict[str, Any], event_id: str | None = None) -> Delivered:
-        """Deliver one event; return ``Delivered`` or raise a ``DeliveryError`` subclass."""
+        """Deliver one event; return ``Delivered`` or raise a ``DeliveryError`` subclass.
+
+        With OAuth, a 401 gets one retry with a new token (the old one expired or was revoked).
+        """
+        if self.tokens is None:
+            return self._send(payload, event_id, None)
+        token = self.tokens.token()
+        try:
+            return self._send(payload, event_id, token)
+        except AuthRejected as exc:
+            if exc.status != 401:
+                raise
+        return self._send(payload, event_id, self.tokens.refresh_after_rejection(token))
+
+    def _send(self, payload: dict[str, Any], event_id: str | None, token: str | None) -> Delivered:
         request = self._template.copy()
+        if token is not None:
+            request.headers["Authorization"] = f"Bearer {token}"
         if event_id:
             request.headers[EVENT_ID_HEADER] = event_id
         request.prepare_body(dumps(payload), None)
@@ -205,3 +228,5 @@ class VoucherifyClient:
 
     def close(self) -> None:
         self.session.close()
+        if self.tokens is not None:
+            self.tokens.close()

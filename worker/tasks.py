@@ -14,6 +14,7 @@ from celery.exceptions import Reject
 
 from voucherify_ingest.messages import DELIVER_BATCH, DELIVER_EVENT
 from voucherify_ingest.redis_conn import make_redis
+from worker.client import VoucherifyClient
 from worker.delivery import Deliverer, OutcomeNotStored
 
 log = structlog.get_logger("voucherify_ingest.tasks")
@@ -30,6 +31,19 @@ def build_limiter(settings, client):
     return RateLimiter.from_settings(settings, client)
 
 
+def build_http(settings, client, limiter) -> VoucherifyClient | None:
+    """With ``VOUCHERIFY_AUTH=oauth``, a client sending the fleet's shared token; else None
+    (the Deliverer builds its own, with the X-App-Id/X-App-Token pair)."""
+    if settings.auth != "oauth":
+        return None
+    from worker.oauth import TokenSource
+
+    tokens = TokenSource(settings, client, limiter)
+    return VoucherifyClient(
+        settings, pool_size=max(8, settings.worker_concurrency), tokens=tokens
+    )
+
+
 def get_deliverer(app: Celery) -> Deliverer:
     """One Deliverer (HTTP session, Redis pool, limiter) per process, rebuilt after fork."""
     key = (os.getpid(), id(app))
@@ -40,8 +54,12 @@ def get_deliverer(app: Celery) -> Deliverer:
             if deliverer is None:
                 settings = app.voucherify_settings
                 client = make_redis(settings, timeout_s=max(5.0, settings.redis_timeout_s))
+                limiter = build_limiter(settings, client)
                 deliverer = Deliverer(
-                    settings, redis_client=client, limiter=build_limiter(settings, client)
+                    settings,
+                    redis_client=client,
+                    limiter=limiter,
+                    http=build_http(settings, client, limiter),
                 )
                 _deliverers[key] = deliverer
     return deliverer

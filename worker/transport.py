@@ -16,7 +16,8 @@ crash on a message that is not a kombu message.
    ``voucherify.unreadable`` (registered nowhere), which ``worker.poison.Consumer`` turns into
    a dead letter with reason ``invalid``.
 
-Selected by ``broker_transport`` in ``worker.app``; everything else is kombu's own transport.
+Selected by ``broker_transport`` in ``worker.app`` (``SentinelTransport`` for a
+``sentinel://`` URL); everything else is kombu's own transport.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import base64
 import json
 import time
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
@@ -118,8 +120,8 @@ def _recorded_tag(item: bytes) -> str | None:
     return tag if isinstance(tag, str) else None
 
 
-class Channel(kombu_redis.Channel):
-    """A Redis channel whose consuming step is one atomic script (see the module docstring)."""
+class _AtomicTake:
+    """The consuming step as one atomic script (see the module docstring); a channel mixin."""
 
     _wait_next = False  # the last take found nothing: wait for an item before taking again
 
@@ -175,5 +177,39 @@ class Channel(kombu_redis.Channel):
                 flush()
 
 
+class Channel(_AtomicTake, kombu_redis.Channel):
+    """kombu's Redis channel with the atomic take."""
+
+
+class SentinelChannel(_AtomicTake, kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel (finds the master through the sentinels on each connection,
+    ``master_name`` in the transport options) with the atomic take.
+
+    After a failover Celery reconnects with a new transport, and the late ack of a delivery
+    that ran across it arrives on the old, detached channel. kombu reads the sentinel list
+    from ``self.connection.client.alt``, which is gone by then ("'NoneType' object has no
+    attribute 'client'" killed the worker); ``worker.kombu_fix`` keeps the connection details
+    each channel was built with, and they are used here too.
+    """
+
+    def _sentinel_managed_pool(self, asynchronous=False):
+        transport = self.connection
+        saved = self.__dict__.get("_voucherify_conninfo")
+        if (transport is not None and transport.client is not None) or saved is None:
+            return super()._sentinel_managed_pool(asynchronous)
+        client, default_port = saved
+        self.connection = SimpleNamespace(client=client, default_port=default_port)
+        try:
+            return super()._sentinel_managed_pool(asynchronous)
+        finally:
+            self.connection = transport
+
+
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """Selected by ``worker.app`` when ``REDIS_URL`` is ``sentinel://...``."""
+
+    Channel = SentinelChannel

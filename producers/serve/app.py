@@ -27,7 +27,7 @@ import structlog
 from producers.producer import Producer
 from producers.serve.auth import Authenticator, CallerRateLimit
 from producers.serve.body import BodyError, is_json_media_type, parse_event_json
-from producers.serve.pusher import BatchPusher, make_async_redis
+from producers.serve.pusher import BatchPusher
 from producers.serve.responses import (
     EVENT_ID_HEADER,
     RETRY_AFTER_S,
@@ -80,7 +80,7 @@ class IngestApp:
         self.auth = Authenticator(settings.ingest_credentials)
         # Only stamp() is used: the LPUSH is ours (async, batched).
         self.producer = Producer(settings.replace(spool_dir=""), client=_NoSyncClient())
-        self.pusher = pusher or BatchPusher(make_async_redis(settings), settings.queue)
+        self.pusher = pusher or BatchPusher.for_settings(settings)
         self.spool = None
         if settings.spool_dir:  # its fsync'd appends run in a thread, off the event loop
             from producers.spool import Spool

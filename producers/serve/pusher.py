@@ -11,6 +11,12 @@ The ``LPUSH`` goes out on a connection of its own, packed here: redis-py's comma
 (``client.lpush``) costs ~70 us of CPU for a batch of 16 events, the packed command on one
 of its connections ~45 us, most of that the kernel's share of writing 20 KB to the socket.
 The client keeps the connection settings (TLS, password, database) and answers ``ping``.
+
+With ``REDIS_URL=sentinel://...`` the client is a Sentinel ``master_for`` client: each new
+connection asks the sentinels where the master is, and a connection to a master that became a
+replica (``READONLY``) is dropped and made again. With ``VOUCHERIFY_REDIS_WAIT_REPLICAS=N`` a
+``WAIT N timeout`` goes out right behind each ``LPUSH`` (same packet); fewer than N replicas
+raises ``ReplicasNotConfirmed`` and no request of that batch hears 200.
 """
 
 from __future__ import annotations
@@ -20,9 +26,18 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.sentinel
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from voucherify_ingest.redis_conn import (
+    ReplicasNotConfirmed,
+    check_replicas,
+    read_timeout_s,
+    sentinel_hosts,
+    sentinel_kwargs,
+    sentinel_master_options,
+)
 from voucherify_ingest.settings import Settings
 
 MAX_BATCH = 256
@@ -35,31 +50,64 @@ def make_async_redis(settings: Settings) -> aioredis.Redis:
     reported within about twice the timeout rather than after redis-py's default backoff.
     """
     timeout = settings.redis_timeout_s
-    return aioredis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        health_check_interval=30,
-        retry=Retry(NoBackoff(), 1),
-        client_name="voucherify-ingest-serve",
-    )
+    options = {
+        "socket_timeout": read_timeout_s(settings, timeout),
+        "socket_connect_timeout": timeout,
+        "health_check_interval": 30,
+        "retry": Retry(NoBackoff(), 1),
+        "client_name": "voucherify-ingest-serve",
+    }
+    if settings.uses_sentinel:
+        sentinel = redis.asyncio.sentinel.Sentinel(
+            sentinel_hosts(settings.redis_url),
+            sentinel_kwargs=sentinel_kwargs(settings, timeout),
+            **options,
+            **sentinel_master_options(settings.redis_url),
+        )
+        return sentinel.master_for(settings.redis_sentinel_master)
+    return aioredis.Redis.from_url(settings.redis_url, **options)
 
 
 class BatchPusher:
     """Pushes messages onto ``queue``; ``push`` raises what Redis raised (a ``RedisError``)."""
 
-    def __init__(self, client: aioredis.Redis, queue: str, *, max_batch: int = MAX_BATCH):
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        queue: str,
+        *,
+        max_batch: int = MAX_BATCH,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 500,
+    ):
         self.client = client
         self.queue = queue
         self.max_batch = max_batch
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         queue_bytes = queue.encode("utf-8")
         # "*<argc>" is filled in per batch; the command name and key never change.
         self._command = b"\r\n$5\r\nLPUSH\r\n$%d\r\n%s\r\n" % (len(queue_bytes), queue_bytes)
+        self._wait = b""
+        if wait_replicas > 0:
+            n, t = b"%d" % wait_replicas, b"%d" % wait_timeout_ms
+            self._wait = b"*3\r\n$4\r\nWAIT\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+                len(n), n, len(t), t
+            )
         self._connection: Any = None  # one flush at a time: one connection is enough
         self._pending: list[tuple[str, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self.batches = 0  # for tests and the benchmark: round trips made
         self.pushed = 0
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> BatchPusher:
+        return cls(
+            make_async_redis(settings),
+            settings.queue,
+            wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
+        )
 
     async def push(self, message: str) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -99,20 +147,36 @@ class BatchPusher:
         for message in messages:
             data = message.encode("utf-8")
             parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        parts.append(self._wait)
         packed = b"".join(parts)
         for attempt in (1, 2):
             if self._connection is None:
                 self._connection = self.client.connection_pool.make_connection()
             connection = self._connection
             try:
+                if not connection.is_connected:
+                    # connect() itself: redis-py's send_packed_command would connect with the
+                    # plain method, which skips a Sentinel connection's master lookup.
+                    await connection.connect()
                 await connection.send_packed_command(packed, check_health=False)
                 await connection.read_response()
+                if self._wait:
+                    acked = await connection.read_response()
+                    check_replicas(acked, self.wait_replicas, self.wait_timeout_ms)
                 return
-            except (redis.ConnectionError, redis.TimeoutError, OSError):
+            except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError, OSError) as exc:
+                # A dead connection, or a master turned replica (failover): connect again,
+                # through the sentinels when REDIS_URL is sentinel://. An unconfirmed WAIT is
+                # not retried: the LPUSH did reach the master.
                 self._connection = None
                 await connection.disconnect(nowait=True)
-                if attempt == 2:
+                if attempt == 2 or isinstance(exc, ReplicasNotConfirmed):
                     raise
+            except redis.ResponseError:
+                if self._wait:  # the WAIT's reply is still unread: do not reuse the connection
+                    self._connection = None
+                    await connection.disconnect(nowait=True)
+                raise
 
     async def ping(self) -> bool:
         try:
@@ -126,6 +190,9 @@ class BatchPusher:
         if self._connection is not None:
             await self._connection.disconnect()
         await self.client.aclose()
+        manager = getattr(self.client.connection_pool, "sentinel_manager", None)
+        for sentinel in getattr(manager, "sentinels", ()):
+            await sentinel.aclose()  # a Sentinel client holds one connection per sentinel
 
 
 class _Stopped(redis.ConnectionError):

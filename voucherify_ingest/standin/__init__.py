@@ -10,6 +10,11 @@ one-shot action, ``set_down``, chaos, a ``refuse_for`` storm, bad credentials (4
 limit (429), a non-JSON or schema-invalid body (400); otherwise 200. Every request is recorded.
 Controls work in-process (methods) and over HTTP (``/_standin/*``) for a separate process.
 
+``POST /v1/oauth/token`` issues OAuth tokens (``voucherify_ingest.standin.oauth``: short
+lifetime with ``token_lifetime_s``/``--token-lifetime-s``, counted in ``stats()`` as
+``tokens_issued``); ``/v1/events`` accepts ``Authorization: Bearer <live token>`` as well as
+the ``X-App-Id``/``X-App-Token`` pair.
+
     python -m voucherify_ingest.standin --port 8099 --app-id X --app-token Y [--latency-ms 20]
 """
 

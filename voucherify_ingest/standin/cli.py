@@ -22,12 +22,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--app-token", default="test-token")
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0, help="seed for chaos faults")
+    parser.add_argument(
+        "--token-lifetime-s", type=float, default=900.0,
+        help="lifetime of the OAuth tokens POST /v1/oauth/token issues (Voucherify: 900)",
+    )
     args = parser.parse_args(argv)
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    standin = StandIn(args.app_id, args.app_token, host=args.host, port=args.port, seed=args.seed)
+    standin = StandIn(
+        args.app_id, args.app_token, host=args.host, port=args.port, seed=args.seed,
+        token_lifetime_s=args.token_lifetime_s,
+    )
     try:
         standin.start()
     except OSError as exc:

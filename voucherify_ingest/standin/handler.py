@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 from voucherify_ingest.jsoncodec import dumps_text as _dumps
+from voucherify_ingest.standin.oauth import OAUTH_TOKEN_PATH
 from voucherify_ingest.standin.records import Received
 from voucherify_ingest.standin.wire import (
     _html_page,
@@ -103,7 +104,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         path = self.path.split("?", 1)[0]
         standin = self.server.standin
-        if path == EVENTS_PATH:
+        if path == OAUTH_TOKEN_PATH and method == "POST":
+            self._oauth_token(standin, raw)
+        elif path == EVENTS_PATH:
             if method == "POST":
                 self._events(standin, raw)
             else:
@@ -151,15 +154,19 @@ class _Handler(BaseHTTPRequestHandler):
         low = {k.lower(): v for k, v in headers.items()}  # Message.get() scans every header
         app_id, token = low.get("x-app-id"), low.get("x-app-token")
         body, valid, errors, checked = _inspect(raw)
-        verdict = standin._decide(app_id == standin.app_id and token == standin.app_token)
+        pair_ok = app_id == standin.app_id and token == standin.app_token
+        verdict = standin._decide(pair_ok or standin.tokens.valid(low.get("authorization")))
         if verdict.delay_s > 0:
             standin._stopping.wait(verdict.delay_s)  # stop() wakes stalled handlers
         status, out = verdict.status, verdict.body
         if verdict.drop:
             status = 0
         elif verdict.outcome == "unauthorized":
-            why = "Invalid" if app_id and token else "Missing"
-            out = error_body(401, f"{why} X-App-Id or X-App-Token")
+            if low.get("authorization"):
+                out = error_body(401, "Invalid or expired access token")
+            else:
+                why = "Invalid" if app_id and token else "Missing"
+                out = error_body(401, f"{why} X-App-Id or X-App-Token")
         elif status is None:
             ctype = low.get("content-type", "").split(";")[0].strip().lower()
             is_json = ctype == "application/json"
@@ -196,6 +203,14 @@ class _Handler(BaseHTTPRequestHandler):
             if out is None:
                 out = success_body(body) if status < 400 else error_body(status)
             self._send(status, out, verdict.headers)
+
+    def _oauth_token(self, standin: StandIn, raw: bytes) -> None:
+        low = {k.lower(): v for k, v in self.headers.items()}
+        if low.get("x-app-id") != standin.app_id or low.get("x-app-token") != standin.app_token:
+            self._send(401, error_body(401, "Invalid X-App-Id or X-App-Token"))
+            return
+        status, answer = standin.tokens.issue(raw, standin.app_id)
+        self._send(status, answer, {"Cache-Control": "no-store"})
 
     def _send_garbage(self, kind: str, headers: dict) -> None:
         if kind == "truncated_json":

@@ -10,6 +10,7 @@ import time
 
 from voucherify_ingest.standin.actions import _check_action
 from voucherify_ingest.standin.handler import _Handler, _Server, _Server6
+from voucherify_ingest.standin.oauth import TokenIssuer
 from voucherify_ingest.standin.records import Received, _Verdict
 
 
@@ -24,8 +25,10 @@ class StandIn:
         host: str = "127.0.0.1",
         port: int = 0,
         seed: int = 0,
+        token_lifetime_s: float = 900.0,
     ):
         self.app_id, self.app_token = app_id, app_token
+        self.tokens = TokenIssuer(token_lifetime_s)  # POST /v1/oauth/token, Bearer auth
         self.host, self.port, self.seed = host, port, seed
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -137,11 +140,13 @@ class StandIn:
             "duplicate_ids": sum(1 for n in ids.values() if n > 1),
             "schema_invalid": sum(1 for r in records if not r.schema_valid),
             "too_many": self.too_many_count(),
+            "tokens_issued": self.tokens.issued,
         }
 
     def reset(self) -> None:
         """Forget records and counters and undo every control (plan, down, chaos, limits)."""
         self._reset_state()
+        self.tokens.reset()
 
     # -- controls --
 
@@ -239,6 +244,8 @@ class StandIn:
             "rate_limit": lambda v: self.set_rate_limit(**v) if v else self.set_rate_limit(None),
             "refuse_for": lambda v: self.refuse_for(**v),
             "plan": lambda v: self.plan(*v),
+            "token_lifetime_s": self.tokens.set_lifetime,
+            "revoke_tokens": lambda v: self.tokens.revoke_all() if v else None,
         }
         if not isinstance(changes, dict) or set(changes) - set(handlers):
             raise ValueError(f"config keys must be among {sorted(handlers)}")

@@ -1,0 +1,155 @@
+"""OAuth tokens shared through real Redis against the real stand-in (``worker.oauth``).
+
+Two ``TokenSource`` objects stand for two worker processes (each has its own memory cache and
+HTTP session; they share only Redis), with threads inside each.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tests.support.pipeline import APP_ID, APP_TOKEN
+from voucherify_ingest.keys import Keys
+from voucherify_ingest.rates import limiter_key
+from voucherify_ingest.settings import Settings
+from voucherify_ingest.standin import StandIn
+from worker.client import VoucherifyClient
+from worker.oauth import AccessToken, TokenSource
+from worker.ratelimit import RateLimiter
+
+EVENT = {"event": "signed_up", "customer": {"source_id": "u1"}}
+
+
+@pytest.fixture
+def api():
+    server = StandIn(APP_ID, APP_TOKEN, token_lifetime_s=60).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _settings(redis_url: str, namespace: str, api_url: str, **env: str) -> Settings:
+    return Settings.from_env({
+        "REDIS_URL": redis_url,
+        "VOUCHERIFY_API_URL": api_url,
+        "VOUCHERIFY_APP_ID": APP_ID,
+        "VOUCHERIFY_APP_TOKEN": APP_TOKEN,
+        "VOUCHERIFY_KEY_PREFIX": namespace,
+        "VOUCHERIFY_QUEUE": f"{namespace}-events",
+        "VOUCHERIFY_AUTH": "oauth",
+        "VOUCHERIFY_RATE_LIMIT": "off",
+        **env,
+    })
+
+
+def _in_threads(n: int, fn) -> list:
+    results: list = [None] * n
+    errors: list = []
+
+    def run(i: int) -> None:
+        try:
+            results[i] = fn(i)
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    return results
+
+
+def test_fleet_fetches_one_token_and_sends_it_as_bearer(redis_url, redis_client, namespace, api):
+    settings = _settings(redis_url, namespace, api.url)
+    sources = [TokenSource(settings, redis_client), TokenSource(settings, redis_client)]
+    tokens = _in_threads(16, lambda i: sources[i % 2].token())
+    assert len(set(tokens)) == 1
+    assert api.tokens.issued == 1, "each process (or thread) fetched its own token"
+
+    client = VoucherifyClient(settings, tokens=sources[0])
+    try:
+        assert client.send_event(EVENT, event_id="e1").status == 200
+    finally:
+        client.close()
+    (record,) = api.received()
+    assert record.headers["Authorization"] == f"Bearer {tokens[0]}"
+    assert "X-App-Token" not in record.headers, "the pair travelled with every event"
+    assert tokens[0] not in repr(sources[0]._cached) and tokens[0] not in repr(settings)
+
+
+def test_a_401_replaces_the_token_once_for_everyone(redis_url, redis_client, namespace, api):
+    settings = _settings(redis_url, namespace, api.url)
+    clients = [VoucherifyClient(settings, tokens=TokenSource(settings, redis_client))
+               for _ in range(2)]
+    try:
+        clients[0].send_event(EVENT, event_id="before")
+        first = api.received()[0].headers["Authorization"]
+        api.tokens.revoke_all()  # the API forgets it (revoked, or expired early)
+        statuses = _in_threads(
+            12, lambda i: clients[i % 2].send_event(EVENT, event_id=f"after-{i}").status
+        )
+    finally:
+        for client in clients:
+            client.close()
+    assert statuses == [200] * 12, "an event failed across the token replacement"
+    assert api.tokens.issued == 2, "a burst of 401s for one token fetched more than one token"
+    after = {r.headers["Authorization"] for r in api.received() if r.status == 200} - {first}
+    assert len(after) == 1
+
+
+def test_token_refreshed_ahead_of_expiry(redis_url, redis_client, namespace, api):
+    api.tokens.set_lifetime(10)
+    settings = _settings(redis_url, namespace, api.url, VOUCHERIFY_OAUTH_REFRESH_AHEAD_S="3")
+    source = TokenSource(settings, redis_client)
+    first = source.token()
+    stored = AccessToken.from_json(redis_client.get(source.key))
+    assert stored is not None and stored.value == first
+    assert stored.expires_at - stored.refresh_at == pytest.approx(3, abs=0.01)
+    ttl_ms = redis_client.pttl(source.key)
+    assert 8_000 < ttl_ms <= 10_000, "the shared token must expire with the token"
+    # Make it due (as if 7 s had passed): the next call fetches a new one, the old still works.
+    redis_client.set(source.key, AccessToken(first, stored.expires_at, 0).to_json(), px=5000)
+    source._cached = None
+    assert source.token() != first
+    assert api.tokens.issued == 2
+
+
+def test_the_token_call_takes_a_rate_limit_slot(redis_url, redis_client, namespace, api):
+    settings = _settings(redis_url, namespace, api.url, VOUCHERIFY_RATE_LIMIT="60/min")
+    limiter = RateLimiter.from_settings(settings, redis_client)
+    TokenSource(settings, redis_client, limiter).token()
+    key = limiter_key(namespace, APP_ID, settings.api_base)
+    assert redis_client.exists(key), "the token call did not go through the shared limiter"
+    assert Keys.from_settings(settings).prefix == namespace
+
+
+def test_bad_pair_is_an_auth_error_not_a_token(redis_url, redis_client, namespace, api):
+    from voucherify_ingest.errors import AuthRejected
+
+    settings = _settings(redis_url, namespace, api.url).replace(app_token="wrong-token")
+    with pytest.raises(AuthRejected) as caught:
+        TokenSource(settings, redis_client).token()
+    assert "wrong-token" not in str(caught.value)
+    assert api.tokens.issued == 0
+
+
+def test_an_api_rejecting_every_token_does_not_burn_the_token_cap(
+    redis_url, redis_client, namespace, api
+):
+    from voucherify_ingest.errors import AuthRejected
+
+    settings = _settings(redis_url, namespace, api.url)
+    client = VoucherifyClient(settings, tokens=TokenSource(settings, redis_client))
+    api.set_down(401)  # every event answered 401 (e.g. a token whose scope lacks "events")
+    try:
+        for i in range(6):
+            with pytest.raises(AuthRejected):
+                client.send_event(EVENT, event_id=f"e{i}")
+    finally:
+        client.close()
+    assert api.tokens.issued == 2, "each rejected event fetched a token of its own"
