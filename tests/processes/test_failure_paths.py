@@ -1,0 +1,81 @@
+"""Failure paths that must end with an owner (issue 14), on real parts: a real Redis, real
+worker processes, the loopback stand-in.
+
+Faults are injected into a real worker process by a small launcher that patches one method
+before handing over to the product's own entry point (``voucherify-ingest worker`` or
+``celery -A worker.app worker``)."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import time
+
+import pytest
+
+from tests.support.pipeline import WORKER_READY_TIMEOUT_S
+from voucherify_ingest.deadletters import DeadLetterStore
+from voucherify_ingest.keys import Keys
+from voucherify_ingest.standin import respond
+
+pytestmark = pytest.mark.e2e
+
+
+def _event(n: int, **metadata) -> dict:
+    return {"event": "order_paid", "customer": {"source_id": f"user-{n}"},
+            "metadata": {"n": n, **metadata}}
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+FAULTY_LAUNCHER = """
+import sys
+import worker.client as client
+
+_send = client.VoucherifyClient.send_event
+
+def send_event(self, payload, event_id=None):
+    if payload.get("metadata", {}).get("boom"):
+        raise KeyError("injected fault: a bug in the delivery path")
+    return _send(self, payload, event_id)
+
+client.VoucherifyClient.send_event = send_event
+sys.argv = ["voucherify-ingest", "worker", "-c", "2", "-P", "threads"]
+from voucherify_ingest.cli import main
+main()
+"""
+
+
+def test_an_unexpected_exception_is_dead_lettered_as_internal_not_acked_silently(
+    standin, producer, make_process, pipeline_env, pipeline_settings, redis_client, tmp_path
+):
+    launcher = tmp_path / "faulty_worker.py"
+    launcher.write_text(textwrap.dedent(FAULTY_LAUNCHER))
+    bad = producer.enqueue_event(_event(1, boom=True))
+    good = producer.enqueue_event(_event(2))
+    batch = producer.enqueue_events([_event(3), _event(4, boom=True)], batch_size=2)
+    worker = make_process([sys.executable, str(launcher)], env=pipeline_env, name="faulty")
+    worker.wait_for_output('"worker_ready"', timeout=WORKER_READY_TIMEOUT_S)
+    dlq = DeadLetterStore(redis_client, Keys.from_settings(pipeline_settings))
+    entry = _wait(lambda: dlq.get(bad), 30, "the faulty event in the dead-letter store")
+    assert entry["reason"] == "internal"
+    assert entry["payload"]["metadata"]["boom"] is True
+    assert "KeyError" in entry["error"]["message"]
+    assert "injected fault" in entry["error"]["message"]
+    assert entry["error"]["details"], "where the error was raised is kept"
+    # The batch: its good event was delivered before the fault, the faulty one dead-lettered,
+    # and the delivered one is not dead-lettered as well.
+    _wait(lambda: dlq.get(batch[1]), 30, "the batch's faulty event in the dead-letter store")
+    assert standin.wait_for_delivered(2, timeout=30)
+    assert set(standin.delivered_ids()) == {good, batch[0]}
+    assert dlq.get(batch[0]) is None
+    assert dlq.count() == 2
+    assert '"delivery_internal_error"' in worker.output()
