@@ -40,6 +40,7 @@ from worker.backoff import backoff_delay
 from worker.client import VoucherifyClient
 from worker.delayed import DelayedQueue
 from worker.ledger import ALREADY_DELIVERED, BUSY, CLAIMED, DeliveryLedger
+from worker.pacing import comeback_delay, pause_after_429
 
 BUSY_RETRY_S = 2.0
 
@@ -277,8 +278,8 @@ class Deliverer:
         counts = {"attempts": 1}
         if exc.status == 429:
             counts["http_429"] = 1
-        if isinstance(exc, RateLimited) and self.limiter is not None:
-            self._redis_call(self.limiter.on_rate_limited, exc.retry_after_s, exc.headers)
+        if isinstance(exc, RateLimited):
+            return self._paced(log, envelope, event_id, exc, counts, latency)
         if exc.retryable and attempt <= self.settings.max_retries:
             delay = backoff_delay(
                 attempt,
@@ -325,6 +326,28 @@ class Deliverer:
                 "Replay them with `voucherify-ingest dlq replay --reason quota_exhausted`.",
             )
         return Outcome("dead_lettered", event_id, reason)
+
+    def _paced(self, log, envelope: dict, event_id: str, exc: RateLimited, counts: dict,
+               latency) -> Outcome:
+        """A 429 is pacing (worker/pacing.py): every worker holds back, and the event comes
+        back after the pause with its retries untouched (``attempt`` is not advanced)."""
+        pause_s = pause_after_429(exc.retry_after_s, exc.headers, self.settings.retry_after_max_s)
+        if self.limiter is not None:
+            left_s = self._redis_call(self.limiter.on_rate_limited, pause_s, None)
+            pause_s = min(max(pause_s, left_s or 0.0), self.settings.retry_after_max_s)
+        delay = comeback_delay(pause_s)
+        self._store(
+            lambda pipe: (
+                self.ledger.release(pipe, event_id),
+                self._defer(pipe, envelope, delay),
+                self.stats.record(pipe, {**counts, "deferred": 1}),
+            )
+        )
+        log.warning(
+            "delivery", outcome="deferred", why="rate_limited", status=exc.status,
+            latency_ms=latency, retry_in_s=round(delay, 3),
+        )
+        return Outcome("deferred", event_id, "rate limited")
 
     def _dead_letter_invalid(
         self, raw: Any, messages: dict, *, event_id: str | None = None

@@ -16,7 +16,6 @@ import pytest
 from tests.support.pipeline import WORKER_READY_TIMEOUT_S
 from voucherify_ingest.deadletters import DeadLetterStore
 from voucherify_ingest.keys import Keys
-from voucherify_ingest.standin import respond
 
 pytestmark = pytest.mark.e2e
 

@@ -472,9 +472,12 @@ def test_a_429_starts_the_shared_cooldown(api, redis_url, redis_client, namespac
     limiter = _limiter(redis_client, namespace, "50/s")
     deliverer = _deliverer(redis_url, namespace, api.url, redis_client, limiter, time.sleep)
     try:
-        assert deliverer.handle(make_envelope(EVENT, "evt-429")).kind == "retry"
+        # A 429 is pacing (issue 14): the event is deferred, its retries untouched.
+        assert deliverer.handle(make_envelope(EVENT, "evt-429")).kind == "deferred"
     finally:
         deliverer.http.close()
+    [(envelope, _due)] = _parked(redis_client, namespace)
+    assert envelope["attempt"] == 0
     other_worker = _limiter(redis_client, namespace, "50/s")
     assert 2.9 <= other_worker.paused_for() <= 4.05  # the epoch header was the later one
     granted, park_s = other_worker.acquire(max_wait_s=2)
