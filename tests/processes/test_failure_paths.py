@@ -16,6 +16,7 @@ import pytest
 from tests.support.pipeline import WORKER_READY_TIMEOUT_S
 from voucherify_ingest.deadletters import DeadLetterStore
 from voucherify_ingest.keys import Keys
+from voucherify_ingest.standin import respond
 
 pytestmark = pytest.mark.e2e
 
@@ -78,3 +79,34 @@ def test_an_unexpected_exception_is_dead_lettered_as_internal_not_acked_silently
     assert dlq.get(batch[0]) is None
     assert dlq.count() == 2
     assert '"delivery_internal_error"' in worker.output()
+
+
+def _plain_celery_argv(namespace: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", "threads",
+            "-c", "2", "--without-mingle", "--without-gossip", "-n", f"plain-{namespace}@%h"]
+
+
+def test_plain_celery_worker_brings_a_retried_event_back(
+    standin, producer, make_process, pipeline_env, pipeline_settings, redis_client, namespace
+):
+    """`celery -A worker.app worker` gets our machinery: the 503'd event waits in the delayed
+    set and only the housekeeping thread (wired by the app's signals) brings it back."""
+    standin.plan(respond(503))
+    event_id = producer.enqueue_event(_event(1))
+    worker = make_process(_plain_celery_argv(namespace), env=pipeline_env, name="plain-celery")
+    worker.wait_for_output('"worker_ready"', timeout=WORKER_READY_TIMEOUT_S)
+    assert standin.wait_for_delivered(1, timeout=30), worker.tail()
+    assert standin.delivered_ids() == {event_id: 1}
+    statuses = [r.status for r in standin.received()]
+    assert statuses == [503, 200], statuses
+    nodes = [n.decode() for n in redis_client.zrange(f"{namespace}:workers", 0, -1)]
+    assert nodes and nodes[0].startswith(f"plain-{namespace}@"), nodes
+
+
+def test_plain_celery_worker_refuses_to_start_without_credentials(
+    make_process, pipeline_env, namespace
+):
+    env = {**pipeline_env, "VOUCHERIFY_APP_TOKEN": None}
+    worker = make_process(_plain_celery_argv(namespace), env=env, name="plain-no-token")
+    assert worker.wait(timeout=30) != 0
+    assert "VOUCHERIFY_APP_TOKEN" in worker.output()

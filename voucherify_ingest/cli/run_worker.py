@@ -1,4 +1,5 @@
-"""``voucherify-ingest worker``: a Celery worker on our app, with our housekeeping thread."""
+"""``voucherify-ingest worker``: a Celery worker on our app (whose own signals bring the
+housekeeping thread, kombu fixes and shutdown guard: ``worker/embedding.py``)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,10 @@ import os
 import sys
 
 import click
-import structlog
-from celery import signals
 
 from voucherify_ingest.cli.common import load_settings
 from voucherify_ingest.logs import configure_logging
-from worker import kombu_fix
 from worker.app import create_app
-from worker.housekeeping import Housekeeper
-from worker.shutdown import ShutdownGuard
 
 POOLS = ["threads", "prefork", "solo", "gevent", "eventlet"]
 
@@ -43,29 +39,8 @@ def worker_command(concurrency, pool, hostname, celery_args):
     settings.require_credentials()
     settings.check_visibility_timeout()
     configure_logging(settings, stream=sys.stdout)
-    log = structlog.get_logger("voucherify_ingest.worker")
     app = create_app(settings)
-    kombu_fix.apply()  # survive a Redis restart with deliveries in flight
-    ShutdownGuard(settings).install()  # second SIGTERM / stop bound: exit at once
     node = hostname or f"voucherify-{os.getpid()}@%h"
-    keeper: dict[str, Housekeeper] = {}
-
-    @signals.worker_ready.connect(weak=False)
-    def _ready(sender=None, **_kwargs):
-        name = getattr(sender, "hostname", node)
-        keeper["k"] = Housekeeper(settings, name)
-        keeper["k"].start()
-        log.info(
-            "worker_ready", node=name, queue=settings.queue, pool=settings.worker_pool,
-            concurrency=settings.worker_concurrency, api_url=settings.api_base,
-            redis=settings.safe_redis_url, rate_limit=settings.rate_limit or "off",
-        )
-
-    @signals.worker_shutdown.connect(weak=False)
-    def _shutdown(**_kwargs):
-        if "k" in keeper:
-            keeper["k"].stop()
-        log.info("worker_stopped")
 
     argv = [
         "worker",
