@@ -89,11 +89,13 @@ class BatchPusher:
             self._flusher = None
 
     async def _lpush(self, messages: list[str]) -> None:
-        """One ``LPUSH`` of ``messages``; once more at once if the connection was dead.
+        """One ``LPUSH`` of ``messages``; once more at once only if sending it failed.
 
         The second try covers a connection Redis closed while it sat idle; a down Redis is
-        reported within about twice ``VOUCHERIFY_REDIS_TIMEOUT_S``. Redis error replies (such
-        as OOM under ``maxmemory``) are raised as ``redis.ResponseError``.
+        reported within about twice ``VOUCHERIFY_REDIS_TIMEOUT_S``. Once the command is sent,
+        a timeout leaves its outcome unknown: :class:`PushOutcomeUnknown`, never a second
+        push. Redis error replies (such as OOM under ``maxmemory``) are raised
+        as ``redis.ResponseError``.
         """
         parts = [b"*%d" % (len(messages) + 2), self._command]
         for message in messages:
@@ -105,12 +107,27 @@ class BatchPusher:
                 self._connection = self.client.connection_pool.make_connection()
             connection = self._connection
             try:
-                await connection.send_packed_command(packed, check_health=False)
-                await connection.read_response()
-                return
+                # check_health PINGs a connection idle past health_check_interval first, so a
+                # connection Redis closed while idle fails here, before anything is sent.
+                await connection.send_packed_command(packed, check_health=True)
             except (redis.ConnectionError, redis.TimeoutError, OSError):
                 self._connection = None
                 await connection.disconnect(nowait=True)
+                if attempt == 2:
+                    raise
+                continue  # nothing reached Redis whole: sending again cannot duplicate
+            try:
+                await connection.read_response()
+                return
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                self._connection = None
+                await connection.disconnect(nowait=True)
+                if isinstance(exc, (redis.TimeoutError, TimeoutError)):
+                    # Redis has the LPUSH and may apply it: never push it blind again.
+                    raise PushOutcomeUnknown(
+                        f"{type(exc).__name__} after the LPUSH was sent") from exc
+                # Closed by Redis (idle timeout, restart): taken as not applied, as before;
+                # were it applied after all, the copy is skipped by the delivery ledger.
                 if attempt == 2:
                     raise
 
@@ -126,6 +143,10 @@ class BatchPusher:
         if self._connection is not None:
             await self._connection.disconnect()
         await self.client.aclose()
+
+
+class PushOutcomeUnknown(redis.TimeoutError):
+    """The LPUSH was sent but Redis did not confirm it: it may or may not be stored."""
 
 
 class _Stopped(redis.ConnectionError):
