@@ -110,3 +110,53 @@ def test_plain_celery_worker_refuses_to_start_without_credentials(
     worker = make_process(_plain_celery_argv(namespace), env=env, name="plain-no-token")
     assert worker.wait(timeout=30) != 0
     assert "VOUCHERIFY_APP_TOKEN" in worker.output()
+
+
+PROBE_S = 0.5
+
+
+def test_refused_credentials_pause_the_fleet_and_resume_by_themselves(
+    standin, producer, start_worker, pipeline_settings, redis_client
+):
+    """The API refuses the right credentials for a while (a token rotation gone wrong), then
+    accepts them: nothing dead-lettered, nothing lost, and only a few POSTs while refused."""
+    standin.set_down(401)
+    ids = producer.enqueue_events([_event(n) for n in range(40)])
+    worker = start_worker(concurrency=4, VOUCHERIFY_AUTH_PROBE_INTERVAL_S=str(PROBE_S),
+                          VOUCHERIFY_AUTH_DEAD_LETTER_AFTER_S="600")
+    refused_at = time.monotonic()
+    # Hold the refusal until the fleet has probed a few times (observable: refused POSTs).
+    _wait(lambda: len(standin.received()) >= 6, 30, "a few probes while refused")
+    standin.set_up()
+    refused_s = time.monotonic() - refused_at
+    refused = len(standin.received())
+    assert standin.wait_for_delivered(40, timeout=60), worker.tail()
+    dlq = DeadLetterStore(redis_client, Keys.from_settings(pipeline_settings))
+    assert dlq.count() == 0, "an event was dead-lettered during the refusal"
+    assert set(standin.delivered_ids()) == set(ids)
+    assert max(standin.delivered_ids().values()) == 1
+    # In flight when the pause began (4 threads), then one probe per interval (+ slack).
+    assert refused <= 4 + refused_s / PROBE_S + 2, (refused, refused_s)
+    out = worker.output()
+    assert '"auth_paused"' in out and '"auth_pause_ended"' in out
+    counters = {k.decode(): int(v) for k, v in
+                redis_client.hgetall(f"{pipeline_settings.key_prefix}:stats:counters").items()}
+    assert counters["auth_refused"] == refused
+
+
+def test_refused_credentials_are_dead_lettered_as_auth_after_the_bound(
+    standin, producer, start_worker, pipeline_settings, redis_client
+):
+    standin.set_down(403)
+    ids = producer.enqueue_events([_event(n) for n in range(5)])
+    start_worker(concurrency=2, VOUCHERIFY_AUTH_PROBE_INTERVAL_S="0.2",
+                 VOUCHERIFY_AUTH_DEAD_LETTER_AFTER_S="1.5")
+    dlq = DeadLetterStore(redis_client, Keys.from_settings(pipeline_settings))
+    _wait(lambda: dlq.count() == 5, 30, "every event dead-lettered once the bound passed")
+    entries = [dlq.get(i) for i in ids]
+    assert {e["reason"] for e in entries} == {"auth"}
+    # Not one before the pause had lasted the bound, counted from the first refusal.
+    first = standin.received()[0]
+    first_refused_epoch = time.time() - (time.monotonic() - first.mono)
+    assert first.status == 403
+    assert min(e["last_failed_ts"] for e in entries) >= first_refused_epoch + 1.5 - 0.05
