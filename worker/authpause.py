@@ -20,6 +20,7 @@ Key layout: ``voucherify_ingest.keys.auth_pause_key`` (``{p}:authpause:{h}`` and
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 
 import redis
@@ -54,6 +55,9 @@ return {now - tonumber(redis.call('GET', KEYS[1])), 0}
 """
 
 _random = random.SystemRandom()
+#: A "not paused" answer is reused this long in-process: the hot path pays no extra round trip
+#: per event; a pause another worker began is seen within this long (a few more 401s at most).
+NOT_PAUSED_CACHE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class AuthPause:
         self.dead_letter_after_s = dead_letter_after_s
         # Long enough to outlive the dead-letter bound; a pause nobody renews ends by itself.
         self.ttl_ms = int((dead_letter_after_s + max(3600.0, 10 * probe_interval_s)) * 1000)
+        self._not_paused_until = 0.0  # monotonic; see NOT_PAUSED_CACHE_S
         self._check = client.register_script(CHECK_LUA)
         self._begin = client.register_script(BEGIN_LUA)
         self.client = client
@@ -92,14 +97,19 @@ class AuthPause:
         return max(1, int(self.probe_interval_s * 1000))
 
     def check(self) -> AuthState:
+        now = time.monotonic()
+        if now < self._not_paused_until:
+            return AuthState(None, False, False)
         elapsed_ms, probe = self._check(keys=[self.key, self.probe_key], args=[self._probe_ms])
         if int(elapsed_ms) < 0:
+            self._not_paused_until = now + NOT_PAUSED_CACHE_S
             return AuthState(None, False, False)
         elapsed_s = int(elapsed_ms) / 1000
         return AuthState(elapsed_s, bool(probe), elapsed_s >= self.dead_letter_after_s)
 
     def begin(self) -> tuple[float, bool]:
         """A 401/403: (seconds the pause has lasted, True if this call began it)."""
+        self._not_paused_until = 0.0
         elapsed_ms, began = self._begin(keys=[self.key, self.probe_key],
                                         args=[self._probe_ms, self.ttl_ms])
         return int(elapsed_ms) / 1000, bool(began)
