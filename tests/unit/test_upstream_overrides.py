@@ -78,3 +78,19 @@ def test_constraints_pin_versions_within_the_tested_bounds():
             pins[name.strip().lower()] = pinned.strip()
     for name, (low, high) in TESTED.items():
         assert Version(low) <= Version(pins[name]) < Version(high), (name, pins.get(name))
+
+
+def test_python_claims_match_what_is_tested():
+    """requires-python and the classifiers say the same, and this interpreter is one of them
+    (a run on an unclaimed Python fails here instead of passing silently)."""
+    import re
+    import sys
+
+    text = (Path(__file__).parents[2] / "pyproject.toml").read_text()
+    floor = re.search(r'^requires-python = ">=3\.(\d+)"$', text, re.M)
+    claimed = sorted(int(m) for m in re.findall(r'"Programming Language :: Python :: 3\.(\d+)"',
+                                                  text))
+    assert floor and claimed, "pyproject.toml must state requires-python and the classifiers"
+    assert claimed == list(range(int(floor.group(1)), claimed[-1] + 1))
+    assert sys.version_info[:2] in [(3, minor) for minor in claimed], (
+        f"Python {sys.version.split()[0]} is not among the tested versions {claimed}")
