@@ -71,10 +71,17 @@ class Producer:
         """Validate, stamp and enqueue one event; return its event id.
 
         Raises ``InvalidEvent`` (with ``.messages``) for a bad payload and ``BrokerUnavailable``
-        when Redis does not answer within ``VOUCHERIFY_REDIS_TIMEOUT_S``, or fewer than
-        ``VOUCHERIFY_REDIS_WAIT_REPLICAS`` replicas confirm the write in time (unless a spool is
-        configured, in which case the event is spooled to disk and the id returned, or
-        ``SpoolFull`` raised when the spool is at its cap).
+        for every Redis failure: no answer within ``VOUCHERIFY_REDIS_TIMEOUT_S``, a refused
+        connection, a write refused (OOM under ``noeviction``, a ``READONLY`` replica after a
+        failover, ``LOADING``), or fewer than ``VOUCHERIFY_REDIS_WAIT_REPLICAS`` replicas
+        confirming the write in time; never a raw ``redis`` exception. With a spool configured
+        the event is spooled to disk instead and the id returned (or ``SpoolFull`` raised when
+        the spool is at its cap).
+
+        ``event_id``: your own id for the event, which must be unique per event (an order id
+        plus what happened to it, say). The delivery ledger delivers an id once: a second,
+        different event enqueued with an id already delivered is skipped as a duplicate.
+        Leave it out and a fresh UUID is used.
         """
         event_id, envelope = self.prepare(payload, event_id)
         self._push([event_message(envelope, self.queue)])
@@ -131,11 +138,7 @@ class Producer:
                 self._redis.lpush(self.queue, messages[0])
             elif messages:
                 self._push_pipelined(messages)
-        except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError) as exc:
-            self._store_elsewhere(messages, exc)
-        except redis.ResponseError as exc:
-            if not str(exc).startswith("NOREPLICAS"):  # min-replicas-to-write refused it
-                raise
+        except redis.RedisError as exc:  # down, slow, OOM, READONLY, LOADING, NOREPLICAS, WAIT
             self._store_elsewhere(messages, exc)
 
     def _store_elsewhere(self, messages: list[str], exc: BaseException) -> None:
@@ -162,7 +165,7 @@ class Producer:
     def queue_length(self) -> int:
         try:
             return int(self._redis.llen(self.queue))
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except redis.RedisError as exc:
             raise broker_unavailable(self.settings.redis_url, exc) from None
 
     def close(self) -> None:
@@ -202,7 +205,11 @@ def set_producer(producer: Producer | None) -> None:
 
 
 def enqueue_event(payload: Mapping[str, Any], *, event_id: str | None = None) -> str:
-    """Enqueue one Voucherify custom event for delivery; return its event id."""
+    """Enqueue one Voucherify custom event for delivery; return its event id.
+
+    ``event_id`` (optional) must be unique per event: an id already delivered is skipped as a
+    duplicate. Every Redis failure raises ``BrokerUnavailable`` (or spools, when
+    ``VOUCHERIFY_SPOOL_DIR`` is set)."""
     return get_producer().enqueue_event(payload, event_id=event_id)
 
 

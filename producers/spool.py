@@ -310,7 +310,7 @@ class Spool:
         if self.pending:
             try:
                 self.drain()
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            except (redis.RedisError, OSError) as exc:  # down, or refusing writes (OOM...)
                 log.warning("spool_left_on_disk", records=self._records, dir=str(self.directory),
                             owner=self.owner, error=type(exc).__name__,
                             hint="voucherify-ingest spool flush")

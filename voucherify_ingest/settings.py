@@ -199,6 +199,21 @@ class Settings:
         default=60.0, metadata={"env": "VOUCHERIFY_OAUTH_REFRESH_AHEAD_S"}
     )
 
+    # Failure handling (docs/failure-handling.md): 429 pacing and the fleet-wide auth pause.
+    # A 429's Retry-After / X-Rate-Limit-Retry is trusted up to this many seconds.
+    retry_after_max_s: float = field(
+        default=3600.0, metadata={"env": "VOUCHERIFY_RETRY_AFTER_MAX_S"}
+    )
+    # After a 401/403 every worker pauses; events are dead-lettered as `auth` only once the
+    # API has refused the credentials for this long without a break.
+    auth_dead_letter_after_s: float = field(
+        default=3600.0, metadata={"env": "VOUCHERIFY_AUTH_DEAD_LETTER_AFTER_S"}
+    )
+    # While paused, one worker at a time probes the API this often.
+    auth_probe_interval_s: float = field(
+        default=30.0, metadata={"env": "VOUCHERIFY_AUTH_PROBE_INTERVAL_S"}
+    )
+
     # Logging
     log_level: str = field(default="INFO", metadata={"env": "VOUCHERIFY_LOG_LEVEL"})
     log_format: str = field(default="auto", metadata={"env": "VOUCHERIFY_LOG_FORMAT"})
@@ -299,6 +314,12 @@ class Settings:
             )
         if self.backoff_max_s < self.backoff_base_s:
             raise ConfigError("VOUCHERIFY_BACKOFF_MAX_S must be >= VOUCHERIFY_BACKOFF_BASE_S")
+        for name, value in (
+            ("VOUCHERIFY_RETRY_AFTER_MAX_S", self.retry_after_max_s),
+            ("VOUCHERIFY_AUTH_PROBE_INTERVAL_S", self.auth_probe_interval_s),
+        ):
+            if value <= 0:
+                raise ConfigError(f"{name} must be greater than 0, got {value!r}")
         from voucherify_ingest.rates import parse_rate_limit
 
         parse_rate_limit(self.rate_limit)  # ConfigError naming VOUCHERIFY_RATE_LIMIT

@@ -2,7 +2,8 @@
 
 Built by :func:`create_app` from a ``Settings``; ``voucherify-ingest worker`` builds it from the
 environment. ``celery -A worker.app worker`` also works (the module-level ``app`` is built from
-the environment on first access).
+the environment on first access) and gets the same worker: the start-up checks, kombu fixes,
+shutdown guard and housekeeping thread are wired into the app (``worker/embedding.py``).
 """
 
 from __future__ import annotations
@@ -109,9 +110,11 @@ def create_app(settings: Settings) -> Celery:
     )
     app.voucherify_settings = settings
 
+    from worker.embedding import wire
     from worker.tasks import register_tasks
 
     register_tasks(app)
+    wire(app, settings)
     return app
 
 

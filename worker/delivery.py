@@ -29,17 +29,25 @@ import redis
 import structlog
 
 from voucherify_ingest.deadletters import DeadLetterStore, make_entry
-from voucherify_ingest.errors import DeliveryError, InvalidEvent, QuotaExhausted, RateLimited
+from voucherify_ingest.errors import (
+    AuthRejected,
+    DeliveryError,
+    InvalidEvent,
+    QuotaExhausted,
+    RateLimited,
+)
 from voucherify_ingest.events import validate_event
 from voucherify_ingest.keys import Keys
 from voucherify_ingest.logs import mask_secrets
 from voucherify_ingest.messages import EVENT_ID_RE, batch_message, event_message
 from voucherify_ingest.settings import Settings
 from voucherify_ingest.stats import StatsRecorder
+from worker.authpause import AuthPause, AuthState
 from worker.backoff import backoff_delay
 from worker.client import VoucherifyClient
 from worker.delayed import DelayedQueue
 from worker.ledger import ALREADY_DELIVERED, BUSY, CLAIMED, DeliveryLedger
+from worker.pacing import comeback_delay, pause_after_429
 
 BUSY_RETRY_S = 2.0
 
@@ -110,6 +118,7 @@ class Deliverer:
         self.delayed = DelayedQueue(redis_client, self.keys)
         self.dlq = DeadLetterStore(redis_client, self.keys)
         self.stats = StatsRecorder(settings.key_prefix)
+        self.auth_pause = AuthPause.from_settings(settings, redis_client)
         self._owner_base = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         # How long a delivered event's ledger write is retried while Redis is away: if it is
         # never written, the message comes back and the event is sent again.
@@ -222,6 +231,20 @@ class Deliverer:
             log.info("delivery", outcome="deferred", why="in_flight_elsewhere")
             return Outcome("deferred", event_id, "in flight elsewhere")
 
+        auth = self._redis_call(self.auth_pause.check)
+        if auth.hold:  # the API refuses our credentials: park, no POST, no retry used
+            park_s = self.auth_pause.park_s()
+            self._store(
+                lambda pipe: (
+                    self.ledger.release(pipe, event_id),
+                    self._defer(pipe, envelope, park_s),
+                    self.stats.record(pipe, {"deferred": 1, "auth_deferred": 1}),
+                )
+            )
+            log.info("delivery", outcome="deferred", why="auth_paused",
+                     paused_for_s=round(auth.paused_for_s, 1), wait_s=round(park_s, 3))
+            return Outcome("deferred", event_id, "auth paused")
+
         if self.limiter is not None:
             wait_s = self._take_slot()
             if wait_s is not None:
@@ -239,6 +262,8 @@ class Deliverer:
             result = self.http.send_event(payload, event_id)
         except DeliveryError as exc:
             return self._failed(log, envelope, event_id, payload, attempt + 1, exc)
+        if auth.paused_for_s is not None:
+            self._end_auth_pause(auth)
 
         if self.limiter is not None:
             self.limiter.observe(result.hints)
@@ -277,8 +302,13 @@ class Deliverer:
         counts = {"attempts": 1}
         if exc.status == 429:
             counts["http_429"] = 1
-        if isinstance(exc, RateLimited) and self.limiter is not None:
-            self._redis_call(self.limiter.on_rate_limited, exc.retry_after_s, exc.headers)
+        if isinstance(exc, RateLimited):
+            return self._paced(log, envelope, event_id, exc, counts, latency)
+        if isinstance(exc, AuthRejected):
+            counts["auth_refused"] = 1
+            held = self._auth_refused(log, envelope, event_id, exc, counts)
+            if held is not None:
+                return held
         if exc.retryable and attempt <= self.settings.max_retries:
             delay = backoff_delay(
                 attempt,
@@ -325,6 +355,67 @@ class Deliverer:
                 "Replay them with `voucherify-ingest dlq replay --reason quota_exhausted`.",
             )
         return Outcome("dead_lettered", event_id, reason)
+
+    def _paced(self, log, envelope: dict, event_id: str, exc: RateLimited, counts: dict,
+               latency) -> Outcome:
+        """A 429 is pacing (worker/pacing.py): every worker holds back, and the event comes
+        back after the pause with its retries untouched (``attempt`` is not advanced)."""
+        pause_s = pause_after_429(exc.retry_after_s, exc.headers, self.settings.retry_after_max_s)
+        if self.limiter is not None:
+            left_s = self._redis_call(self.limiter.on_rate_limited, pause_s, None)
+            pause_s = min(max(pause_s, left_s or 0.0), self.settings.retry_after_max_s)
+        delay = comeback_delay(pause_s)
+        self._store(
+            lambda pipe: (
+                self.ledger.release(pipe, event_id),
+                self._defer(pipe, envelope, delay),
+                self.stats.record(pipe, {**counts, "deferred": 1}),
+            )
+        )
+        log.warning(
+            "delivery", outcome="deferred", why="rate_limited", status=exc.status,
+            latency_ms=latency, retry_in_s=round(delay, 3),
+        )
+        return Outcome("deferred", event_id, "rate limited")
+
+    def _auth_refused(self, log, envelope: dict, event_id: str, exc: AuthRejected,
+                      counts: dict) -> Outcome | None:
+        """A 401/403 pauses the fleet (worker/authpause.py): park the event, no retry used.
+        None once the pause has outlasted VOUCHERIFY_AUTH_DEAD_LETTER_AFTER_S: dead-letter."""
+        paused_s, began = self._redis_call(self.auth_pause.begin)
+        if began:
+            log.error(
+                "auth_paused", status=exc.status, request_id=exc.request_id,
+                probe_every_s=self.settings.auth_probe_interval_s,
+                dead_letter_after_s=self.settings.auth_dead_letter_after_s,
+                message="Voucherify refuses VOUCHERIFY_APP_ID / VOUCHERIFY_APP_TOKEN (HTTP "
+                f"{exc.status}); every worker holds its events and probes the API until the "
+                "credentials work again. Fix the credentials; nothing is dead-lettered for "
+                "VOUCHERIFY_AUTH_DEAD_LETTER_AFTER_S.",
+            )
+        if paused_s >= self.settings.auth_dead_letter_after_s:
+            return None
+        park_s = self.auth_pause.park_s()
+        self._store(
+            lambda pipe: (
+                self.ledger.release(pipe, event_id),
+                self._defer(pipe, envelope, park_s),
+                self.stats.record(pipe, {**counts, "deferred": 1}),
+            )
+        )
+        log.warning("delivery", outcome="deferred", why="auth_refused", status=exc.status,
+                    paused_for_s=round(paused_s, 1), retry_in_s=round(park_s, 3))
+        return Outcome("deferred", event_id, "auth refused")
+
+    def _end_auth_pause(self, auth: AuthState) -> None:
+        try:
+            ended = self.auth_pause.end()
+        except redis.RedisError as exc:  # the next success ends it
+            self.log.warning("auth_pause_not_ended", error=type(exc).__name__)
+            return
+        if ended:
+            self.log.warning("auth_pause_ended", paused_for_s=round(auth.paused_for_s or 0, 1),
+                             message="the API accepts the credentials again; delivery resumes")
 
     def _dead_letter_invalid(
         self, raw: Any, messages: dict, *, event_id: str | None = None

@@ -16,7 +16,7 @@ then ``Connection.close()`` before reconnecting; the deliveries themselves keep 
    still running back onto the queue; the same worker took them again, and its ledger claim
    (same process, same owner) let the copy through: the event was POSTed twice.
 
-So, in the worker process only (:func:`apply`, called by ``voucherify-ingest worker``):
+So, in the worker process only (:func:`apply`, called at ``worker_init``: worker/embedding.py):
 
 - a Redis channel remembers the connection details it was built with and uses them once its
   transport is detached or the channel closed, so the acks of deliveries that ran across the

@@ -16,7 +16,8 @@ the Redis server (``TIME``), never from worker clocks, and the state is one numb
   would land on top of the next slots and crowd the API's window. ``wait_for_slot`` is the
   whole dance: take, sleep, re-check, send or park.
 - ``observe`` reads a 200's headers: ``X-Rate-Limit-Remaining: 0`` pauses everyone until
-  ``X-Rate-Limit-Retry``; an ``X-Rate-Limit-Limit`` below the configured limit lowers the pace.
+  ``X-Rate-Limit-Retry``; an ``X-Rate-Limit-Limit`` below the configured limit lowers the
+  pace, and a later, higher one raises it again (never above the configured limit).
 
 ``VOUCHERIFY_RATE_LIMIT``: ``100/min``, ``2000/min``, ``25/s``, ``100/hour``, with an optional
 burst ``100/min,burst=10`` (or ``100/min:10``); ``off``, ``0`` or empty disables the limiter.
@@ -259,7 +260,8 @@ class RateLimiter:
         - ``X-Rate-Limit-Remaining: 0`` with an ``X-Rate-Limit-Retry`` in the future: the API's
           budget is spent (something else shares the project, or the plan is smaller), so the
           next call would be refused: every worker pauses until then, as after a 429.
-        - ``X-Rate-Limit-Limit`` below the configured limit: lower the pace to it, logged once.
+        - ``X-Rate-Limit-Limit`` below the configured limit: lower the pace to it, logged once;
+          a later, higher figure raises it again, up to the configured limit at most.
           Voucherify states plan limits per minute (per hour for the Sandbox and older plans),
           so the header is compared only with a limit given per minute or per hour, in that
           unit; a per-second limit is taken as exact (dedicated clusters, tests)."""
@@ -273,17 +275,24 @@ class RateLimiter:
         period = self.configured.period_s
         if not api_limit or api_limit <= 0 or period not in (60.0, 3600.0):
             return
-        if api_limit >= self.limit.count:
+        # Follow the API both ways, never above the configured limit: a plan upgraded again
+        # (or a header that was briefly wrong) brings the pace back up.
+        if api_limit >= self.configured.count:
+            target = self.configured
+        else:
+            target = replace(self.configured, count=float(api_limit),
+                             burst=min(self.configured.burst, int(api_limit)))
+        if target == self.limit:
             return
         with self._lock:
-            if api_limit >= self.limit.count:
+            if target == self.limit:
                 return
-            self.limit = replace(self.configured, count=float(api_limit),
-                                 burst=min(self.configured.burst, int(api_limit)))
+            lowered = target.count < self.limit.count
+            self.limit = target
         self.log.warning(
-            "rate_limit_lowered", configured=str(self.configured), api_limit=int(api_limit),
-            effective=str(self.limit),
+            "rate_limit_lowered" if lowered else "rate_limit_raised",
+            configured=str(self.configured), api_limit=int(api_limit), effective=str(self.limit),
             message=f"the API says the plan allows {int(api_limit)} calls per "
-            f"{'minute' if period == 60.0 else 'hour'}, fewer than {ENV_NAME}; "
-            "using the API's figure",
+            f"{'minute' if period == 60.0 else 'hour'}; using "
+            + ("the API's figure" if target is not self.configured else ENV_NAME),
         )

@@ -1,6 +1,7 @@
 """The Celery tasks: thin, like web views. They decode arguments and hand them to
 ``worker.delivery.Deliverer``; the only policy here is what to do when an outcome could not be
-stored (do not ack: requeue, and the ledger stops a second POST)."""
+stored (do not ack: requeue, and the ledger stops a second POST), and what to do when anything
+else escapes (dead-letter the events as ``internal``: ``worker/internal_errors.py``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from voucherify_ingest.messages import DELIVER_BATCH, DELIVER_EVENT
 from voucherify_ingest.redis_conn import make_redis
 from worker.client import VoucherifyClient
 from worker.delivery import Deliverer, OutcomeNotStored
+from worker.internal_errors import dead_letter_internal
 
 log = structlog.get_logger("voucherify_ingest.tasks")
 _lock = threading.Lock()
@@ -65,14 +67,24 @@ def get_deliverer(app: Celery) -> Deliverer:
     return deliverer
 
 
+def _requeue() -> Reject:
+    # Redis refused our write: leave the message to come back rather than lose it.
+    time.sleep(1.0)
+    return Reject("outcome not stored in Redis; message requeued", requeue=True)
+
+
 def _run(app: Celery, handler_name: str, value) -> None:
     deliverer = get_deliverer(app)
     try:
         getattr(deliverer, handler_name)(value)
     except OutcomeNotStored:
-        # Redis refused our write: leave the message to come back rather than lose it.
-        time.sleep(1.0)
-        raise Reject("outcome not stored in Redis; message requeued", requeue=True) from None
+        raise _requeue() from None
+    except Exception as exc:  # a bug: never ack it silently (Celery would, on failure)
+        log.exception("delivery_internal_error", error=type(exc).__name__)
+        try:
+            dead_letter_internal(deliverer, value, exc)
+        except OutcomeNotStored:
+            raise _requeue() from None
 
 
 def register_tasks(app: Celery) -> None:

@@ -9,7 +9,10 @@ Routes::
 A request to ``/v1/events`` passes, in order: method (405), credentials (401), the caller's
 rate limit (429), media type (415), body size (413), JSON syntax and depth (400), the event
 schema (400, or 413 for an event over ``VOUCHERIFY_MAX_PAYLOAD_BYTES``), then the ``LPUSH``
-(503 with ``Retry-After`` when Redis does not confirm it). 200 means the event is in Redis,
+(503 with ``Retry-After`` when Redis refuses it or is unreachable; 503 saying the outcome is
+unknown, with the ``X-Ingest-Event-Id`` to retry with, when Redis took the LPUSH but did not
+answer in time). A caller's own ``X-Ingest-Event-Id`` is stored scoped to its ingest credential
+(``producers/serve/eventids.py``). 200 means the event is in Redis,
 or, when ``VOUCHERIFY_SPOOL_DIR`` is set, fsync'd in the producer's spool
 (``producers/spool.py``), which drains to Redis once it answers again.
 """
@@ -24,10 +27,11 @@ from typing import Any
 import redis
 import structlog
 
-from producers.producer import Producer
+from producers.producer import Producer, check_event_id
 from producers.serve.auth import Authenticator, CallerRateLimit
 from producers.serve.body import BodyError, is_json_media_type, parse_event_json
-from producers.serve.pusher import BatchPusher
+from producers.serve.eventids import scoped_event_id
+from producers.serve.pusher import BatchPusher, PushOutcomeUnknown
 from producers.serve.responses import (
     EVENT_ID_HEADER,
     RETRY_AFTER_S,
@@ -181,28 +185,37 @@ class IngestApp:
             payload, fresh = parse_event_json(raw)
         except BodyError as exc:
             return _error(400, str(exc))
+        given = None
         try:
-            event_id_text = event_id.decode("ascii") if event_id is not None else None
+            given = event_id.decode("ascii") if event_id is not None else None
             wire = (fresh and fast_validate(payload, fresh=True)) or validate_event(payload)
-            event_id_text, envelope = self.producer.stamp(wire, event_id_text)
+            if given is not None:
+                check_event_id(given)
+            stored_id = scoped_event_id(caller, given) if given is not None else None
+            event_id_text, envelope = self.producer.stamp(wire, stored_id)
         except UnicodeDecodeError:
             return _error(400, "event_id: must be ASCII")
         except PayloadTooLarge as exc:
             return _error(413, format_messages(exc.messages))
         except InvalidEvent as exc:
             return _error(400, format_messages(exc.messages))
+        answer_id = (given if given is not None else event_id_text).encode("ascii")
         message = event_message(envelope, self.settings.queue)
         if self.spool is None:
             try:
                 await self.pusher.push(message)
+            except PushOutcomeUnknown as exc:
+                return self._unknown(exc, answer_id)
             except (redis.RedisError, OSError) as exc:
                 return self._unavailable(exc)
         else:
             error = await self._store(message)
+            if isinstance(error, PushOutcomeUnknown):
+                return self._unknown(error, answer_id)
             if error is not None:
                 return self._unavailable(error)
         body = success_body(wire)
-        return 200, json_headers(body, (EVENT_ID_HEADER, event_id_text.encode("ascii"))), body
+        return 200, json_headers(body, (EVENT_ID_HEADER, answer_id)), body
 
     async def _read_rest(self, first: dict, receive: Any) -> bytes | None:
         """The whole body from its ``first`` message on, or ``None`` once it is over the limit."""
@@ -242,6 +255,8 @@ class IngestApp:
         try:
             await self.pusher.push(message)
             return None
+        except PushOutcomeUnknown as exc:  # it may be in Redis: spooling it would push again
+            return exc
         except (redis.RedisError, OSError) as exc:
             if spool is None:
                 return exc
@@ -263,6 +278,22 @@ class IngestApp:
         return _error(
             503, "the event queue is unreachable; nothing was stored, retry later",
             (b"retry-after", b"%d" % RETRY_AFTER_S),
+        )
+
+
+    def _unknown(self, exc: BaseException, answer_id: bytes) -> Response:
+        """Redis did not answer in time after the LPUSH went out: it may or may not have been
+        applied. Say so, push nothing more, and give the id to retry with: a retry with the
+        same ``X-Ingest-Event-Id`` is delivered once (the delivery ledger)."""
+        self.unavailable += 1
+        self.log.warning("serve_push_outcome_unknown", redis=self.settings.safe_redis_url,
+                         error=type(exc).__name__)
+        return _error(
+            503,
+            "the event queue did not confirm in time: the event may or may not be stored. "
+            "Retry with the same X-Ingest-Event-Id header (given in this answer); it is "
+            "delivered once",
+            (b"retry-after", b"%d" % RETRY_AFTER_S), (EVENT_ID_HEADER, answer_id),
         )
 
 

@@ -137,11 +137,13 @@ class BatchPusher:
             self._flusher = None
 
     async def _lpush(self, messages: list[str]) -> None:
-        """One ``LPUSH`` of ``messages``; once more at once if the connection was dead.
+        """One ``LPUSH`` of ``messages``; once more at once only if sending it failed.
 
         The second try covers a connection Redis closed while it sat idle; a down Redis is
-        reported within about twice ``VOUCHERIFY_REDIS_TIMEOUT_S``. Redis error replies (such
-        as OOM under ``maxmemory``) are raised as ``redis.ResponseError``.
+        reported within about twice ``VOUCHERIFY_REDIS_TIMEOUT_S``. Once the command is sent,
+        a timeout leaves its outcome unknown: :class:`PushOutcomeUnknown`, never a second
+        push. Redis error replies (such as OOM under ``maxmemory``) are raised
+        as ``redis.ResponseError``.
         """
         parts = [b"*%d" % (len(messages) + 2), self._command]
         for message in messages:
@@ -158,19 +160,40 @@ class BatchPusher:
                     # connect() itself: redis-py's send_packed_command would connect with the
                     # plain method, which skips a Sentinel connection's master lookup.
                     await connection.connect()
-                await connection.send_packed_command(packed, check_health=False)
+                # check_health PINGs a connection idle past health_check_interval first, so a
+                # connection Redis closed while idle fails here, before anything is sent.
+                await connection.send_packed_command(packed, check_health=True)
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                self._connection = None
+                await connection.disconnect(nowait=True)
+                if attempt == 2:
+                    raise
+                continue  # nothing reached Redis whole: sending again cannot duplicate
+            try:
                 await connection.read_response()
                 if self._wait:
                     acked = await connection.read_response()
                     check_replicas(acked, self.wait_replicas, self.wait_timeout_ms)
                 return
-            except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError, OSError) as exc:
-                # A dead connection, or a master turned replica (failover): connect again,
-                # through the sentinels when REDIS_URL is sentinel://. An unconfirmed WAIT is
-                # not retried: the LPUSH did reach the master.
+            except ReplicasNotConfirmed:
+                raise  # the LPUSH did reach the master: never pushed again
+            except redis.ReadOnlyError:
+                # A master turned replica (failover) refused the LPUSH: nothing stored. Connect
+                # again, through the sentinels when REDIS_URL is sentinel://.
                 self._connection = None
                 await connection.disconnect(nowait=True)
-                if attempt == 2 or isinstance(exc, ReplicasNotConfirmed):
+                if attempt == 2:
+                    raise
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                self._connection = None
+                await connection.disconnect(nowait=True)
+                if isinstance(exc, (redis.TimeoutError, TimeoutError)):
+                    # Redis has the LPUSH and may apply it: never push it blind again.
+                    raise PushOutcomeUnknown(
+                        f"{type(exc).__name__} after the LPUSH was sent") from exc
+                # Closed by Redis (idle timeout, restart): taken as not applied, as before;
+                # were it applied after all, the copy is skipped by the delivery ledger.
+                if attempt == 2:
                     raise
             except redis.ResponseError:
                 if self._wait:  # the WAIT's reply is still unread: do not reuse the connection
@@ -193,6 +216,10 @@ class BatchPusher:
         manager = getattr(self.client.connection_pool, "sentinel_manager", None)
         for sentinel in getattr(manager, "sentinels", ()):
             await sentinel.aclose()  # a Sentinel client holds one connection per sentinel
+
+
+class PushOutcomeUnknown(redis.TimeoutError):
+    """The LPUSH was sent but Redis did not confirm it: it may or may not be stored."""
 
 
 class _Stopped(redis.ConnectionError):

@@ -19,6 +19,7 @@ from tests.chaos.harness import (
     scenario,
     wait_until_accounted,
 )
+from tests.support.pipeline import wait_quiet
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(drain_budget_s(event_count(), 0.06, 240))]
 
@@ -55,7 +56,8 @@ def test_api_chaos_and_429_storms(
         assert storms >= 2, "the queue drained before the 429 storms: proves nothing"
 
         done = wait_until_accounted(ids, standin, outcomes, deadline - time.monotonic())
-        time.sleep(READ_TIMEOUT_S + 1.5)  # stalled answers still in flight land now
+        # Stalled answers still in flight keep their message unacked: wait until none is.
+        wait_quiet(outcomes.redis, outcomes.settings, timeout=60)
         received = standin.received()
         report = account("API chaos + 429 storms", ids, received, outcomes.dead_lettered_ids(),
                          answer_lost=answer_after_timeout())

@@ -23,6 +23,7 @@ from tests.chaos.harness import (
     scenario,
     wait_until_accounted,
 )
+from tests.support.pipeline import wait_quiet
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(drain_budget_s(event_count(), 0.06, 240))]
 
@@ -67,7 +68,7 @@ def test_outage_longer_than_retries_then_replay(
         assert result["replayed"] == len(dead_before)
         done = wait_until_accounted(ids, standin, outcomes, deadline - time.monotonic())
         again = _replay(env)  # nothing left: replaying again is harmless
-        time.sleep(1.0)
+        wait_quiet(outcomes.redis, outcomes.settings, timeout=60)
         report = account("API down past the retry budget, then dlq replay", ids,
                          standin.received(), outcomes.dead_lettered_ids())
         report.extra["dead-lettered during the outage"] = len(dead_before)

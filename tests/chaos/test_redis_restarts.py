@@ -17,6 +17,7 @@ from tests.chaos.harness import (
     scenario,
     wait_until_accounted,
 )
+from tests.support.pipeline import wait_quiet
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(drain_budget_s(event_count(), 0.05, 240))]
 
@@ -47,7 +48,8 @@ def test_redis_restarted_twice_mid_run(
         assert restarts[-1] < chaos_events, "everything was delivered before the restarts"
 
         done = wait_until_accounted(ids, standin, outcomes, deadline - time.monotonic())
-        time.sleep(1.0)
+        # Nothing queued, delayed or unacked: no POST can still come (not a fixed sleep).
+        wait_quiet(outcomes.redis, outcomes.settings, timeout=60)
         report = account("redis restarted twice", ids, standin.received(),
                          outcomes.dead_lettered_ids())
         report.extra["restarts"] = (

@@ -31,6 +31,7 @@ from tests.chaos.harness import (
     wait_until_accounted,
 )
 from tests.chaos.redelivery import RedeliveryProbe
+from tests.support.pipeline import wait_quiet
 from voucherify_ingest.settings import Settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(drain_budget_s(event_count(), 0.05, 240))]
@@ -94,7 +95,7 @@ def test_sigkill_every_two_seconds(
             ids, standin, outcomes, deadline - time.monotonic(),
             also=lambda: probe.outstanding() == 0,
         )
-        time.sleep(1.0)  # anything sent twice would arrive now
+        wait_quiet(outcomes.redis, outcomes.settings, timeout=90)  # nothing left to send twice
         received = standin.received()
         report = account("sigkill every 2 s", ids, received, outcomes.dead_lettered_ids(),
                          answer_lost=answer_not_in_ledger(received, workers.every_output()))
@@ -146,7 +147,7 @@ def test_redelivery_after_sigkill_with_default_settings(
         kills = [(before, time.time())]
         done = wait_until_accounted(ids, standin, outcomes, 180,
                                     also=lambda: probe.outstanding() == 0)
-        time.sleep(1.0)
+        wait_quiet(outcomes.redis, outcomes.settings, timeout=90)
         received = standin.received()
         report = account("sigkill, default settings", ids, received,
                          outcomes.dead_lettered_ids(),

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import pytest
 
 from producers import Producer
-from tests.support.pipeline import make_env, worker_argv
+from tests.support.pipeline import make_env, wait_quiet, worker_argv
 from voucherify_ingest.keys import Keys
 from voucherify_ingest.settings import Settings
 from worker.shutdown import stop_timeout_s
@@ -142,7 +142,11 @@ def test_sigterm_finishes_in_flight_keeps_unstarted_and_loses_nothing(deployment
     standin.set_latency(0)
     dep.worker(concurrency=4, name="worker-2")
     assert standin.wait_for_delivered(40, timeout=60)
-    time.sleep(0.5)  # a second copy of anything would show up now
+    client = dep.redis()
+    try:
+        wait_quiet(client, dep.settings)  # nothing left that could send a second copy
+    finally:
+        client.close()
     counts = standin.delivered_ids()
     assert set(counts) == set(ids)
     assert max(counts.values()) == 1, "an event was sent twice"

@@ -181,7 +181,7 @@ def test_stats_counts_by_reason_and_status_and_oldest_age(dlq, redis_client):
     stats = dlq.stats(now_s=T0 + 100)
     assert stats["total"] == 7
     assert stats["by_reason"] == {"invalid": 1, "rejected": 4, "retries_exhausted": 0,
-                                  "quota_exhausted": 2, "auth": 0}
+                                  "quota_exhausted": 2, "auth": 0, "internal": 0}
     assert stats["by_status"] == {"400": 4, "402": 2, "none": 1}
     assert stats["oldest"] == {"id": "ev-00000", "last_failed_at": "2023-11-14T22:13:20.000Z",
                                "age_s": 100.0}

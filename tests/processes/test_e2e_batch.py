@@ -16,7 +16,7 @@ import time
 import pytest
 
 from producers.bulk import BulkLoader, Record
-from tests.support.pipeline import APP_ID, APP_TOKEN
+from tests.support.pipeline import APP_ID, APP_TOKEN, wait_quiet
 from voucherify_ingest.deadletters import DeadLetterStore
 from voucherify_ingest.keys import Keys
 from voucherify_ingest.messages import DELIVER_BATCH, make_envelope
@@ -145,7 +145,7 @@ def test_worker_consumes_a_backfill_of_batch_messages_exactly_once(
     assert summary.enqueued == 400 and summary.messages == 8
     start_worker(concurrency=4)
     assert standin.wait_for_delivered(400, timeout=90), f"only {len(standin.delivered())}"
-    time.sleep(0.5)
+    wait_quiet(redis_client, pipeline_settings)
     counts = standin.delivered_ids()
     assert len(counts) == 400 and max(counts.values()) == 1
     assert all(r.schema_valid for r in standin.received())
@@ -176,7 +176,7 @@ def test_one_bad_event_in_a_batch_is_retried_or_dead_lettered_alone(
     dlq = DeadLetterStore(redis_client, Keys.from_settings(pipeline_settings))
     assert wait_until(lambda: dlq.get(second.event_id) is not None, 10)
     assert dlq.get(second.event_id)["reason"] == "rejected"
-    time.sleep(0.5)  # anything sent twice would show up now
+    wait_quiet(redis_client, pipeline_settings)  # nothing left that could send twice
     counts = standin.delivered_ids()
     assert first.event_id in counts and second.event_id not in counts
     assert len(counts) == 19 and max(counts.values()) == 1
@@ -199,7 +199,7 @@ def test_worker_killed_mid_batch_loses_nothing_and_the_ledger_stops_resends(
     # Its batch comes back after the visibility timeout (20 s here) to the next worker.
     start_worker(concurrency=1, name="worker-2")
     assert standin.wait_for_delivered(60, timeout=90), f"only {len(standin.delivered())}"
-    time.sleep(1.0)
+    wait_quiet(redis_client, pipeline_settings, timeout=40)
     counts = standin.delivered_ids()
     assert len(counts) == 60, "an event was lost"
     resent = [i for i, n in counts.items() if n > 1]

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.support.pipeline import APP_ID, APP_TOKEN
+from tests.support.pipeline import APP_ID, APP_TOKEN, wait_quiet
 from voucherify_ingest.deadletters import DeadLetterStore
 from voucherify_ingest.errors import InvalidEvent
 from voucherify_ingest.keys import Keys
@@ -36,12 +36,14 @@ def _dlq(settings, redis_client) -> DeadLetterStore:
     return DeadLetterStore(redis_client, Keys.from_settings(settings))
 
 
-def test_500_events_delivered_exactly_once_and_wire_valid(standin, producer, start_worker):
+def test_500_events_delivered_exactly_once_and_wire_valid(
+    standin, producer, start_worker, redis_client, pipeline_settings
+):
     ids = producer.enqueue_events([_event(n) for n in range(250)])
     ids += [producer.enqueue_event(_event(n)) for n in range(250, 500)]
     start_worker(concurrency=8)
     assert standin.wait_for_delivered(500, timeout=90), f"only {len(standin.delivered())}"
-    time.sleep(0.5)  # anything sent twice would show up now
+    wait_quiet(redis_client, pipeline_settings)  # nothing left that could send a second copy
     received = standin.received()
     counts = standin.delivered_ids()
     assert set(counts) == set(ids)

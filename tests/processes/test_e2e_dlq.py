@@ -287,8 +287,8 @@ def _enqueue_has_file_option() -> bool:
 def test_export_edit_enqueue_file_round_trip_through_the_cli(
     standin, producer, start_worker, pipeline_env, dlq, tmp_path
 ):
-    if not _enqueue_has_file_option():
-        pytest.skip("`voucherify-ingest enqueue --file` is not built yet")
+    # The product's own command: a crash of `enqueue --help` must fail here, not skip.
+    assert _enqueue_has_file_option(), "`voucherify-ingest enqueue --file` is missing"
     start_worker()
     ids = _reject_three(standin, producer, dlq)
     target = tmp_path / "rejected.ndjson"

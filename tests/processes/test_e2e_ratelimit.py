@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from tests.support.pipeline import wait_quiet
 from voucherify_ingest.deadletters import DeadLetterStore
 from voucherify_ingest.keys import Keys
 from voucherify_ingest.standin import respond
@@ -148,7 +149,8 @@ def test_quota_exhausted_dead_letters_at_once_without_burning_retries(
     # the worker carries on with the next event, and no retry of the two ever comes
     later_id = producer.enqueue_event(_event(3))
     assert standin.wait_for_delivered(1, timeout=20)
-    time.sleep(1.5)  # backoff is 0.2-1 s in these tests: a retry would be here by now
+    # No retry can come: nothing is queued, delayed or held unacked (observed, not slept on).
+    wait_quiet(redis_client, pipeline_settings)
     sent = [r.event_id for r in standin.received()]
     assert sorted(sent) == sorted([*quota_ids, later_id])
     assert redis_client.zcard(f"{pipeline_settings.key_prefix}:delayed") == 0

@@ -71,7 +71,9 @@ def test_app_token_and_redis_password_appear_nowhere(make_redis_server, make_pro
     api = StandIn(APP_ID, token).start()
     namespace = "tsec" + secrets.token_hex(3)
     env = make_env(server.url, namespace, api.url, VOUCHERIFY_APP_TOKEN=token,
-                   VOUCHERIFY_LOG_LEVEL="DEBUG", VOUCHERIFY_MAX_RETRIES="0")
+                   VOUCHERIFY_LOG_LEVEL="DEBUG", VOUCHERIFY_MAX_RETRIES="0",
+                   # the one 401 is dead-lettered at once (no fleet-wide auth pause)
+                   VOUCHERIFY_AUTH_DEAD_LETTER_AFTER_S="0")
     settings = Settings.from_env(env)
     producer = Producer(settings)
     client = server.client()

@@ -195,7 +195,8 @@ def test_caller_chosen_event_id_is_used_and_checked(api):
     status, headers, body = client.post(EVENT, {"X-Ingest-Event-Id": "has space"})
     error = assert_error(status, headers, body, 400, "invalid_payload")
     assert error["details"].startswith("event_id: ")
-    assert [e["id"] for e in queued(rclient, queue)] == ["order-1:paid"]
+    # Stored scoped to the ingest credential (issue 14); the caller keeps its own id.
+    assert [e["id"] for e in queued(rclient, queue)] == [f"{APP_ID}:order-1:paid"]
 
 
 def test_concurrent_requests_each_get_their_own_stored_event(api):

@@ -249,7 +249,8 @@ def test_exporter_numbers_match_what_the_stand_in_received(
     assert statuses.count(200) == 29 and len(standin.delivered_ids()) == 29
     assert after["voucherify_ingest_delivered_total"] == statuses.count(200)
     assert after["voucherify_ingest_attempts_total"] == len(received) == 32
-    assert after["voucherify_ingest_retried_total"] == 2  # the 503 and the 429
+    assert after["voucherify_ingest_retried_total"] == 1  # the 503
+    assert after["voucherify_ingest_deferred_total"] == 1  # the 429: pacing, no retry used
     assert after["voucherify_ingest_http_429_total"] == statuses.count(429) == 1
     assert after['voucherify_ingest_dead_lettered_total{reason="rejected"}'] == 1
     assert after['voucherify_ingest_dead_letters{reason="rejected"}'] == 1

@@ -362,6 +362,23 @@ def test_observe_lowers_a_per_minute_limit_once(client, namespace):
     assert _slot(grants[6]) - grants[0].redis_now_s == pytest.approx(1.2, abs=0.01)  # 2 x 0.6
 
 
+def test_observe_follows_the_api_back_up_to_the_configured_limit(client, namespace):
+    """Issue 14: the pace follows the API both ways, never above VOUCHERIFY_RATE_LIMIT."""
+    limiter = _limiter(client, namespace, "2000/min,burst=5")
+    with capture_logs() as logs:
+        limiter.observe(RateHints(limit=100))
+        assert str(limiter.limit) == "100/min,burst=5"
+        limiter.observe(RateHints(limit=600))  # the plan grew again
+        assert str(limiter.limit) == "600/min,burst=5"
+        limiter.observe(RateHints(limit=5000))  # beyond what the operator configured
+        assert str(limiter.limit) == "2000/min,burst=5"
+        limiter.observe(RateHints(limit=5000))
+    assert [e["event"] for e in logs] == [
+        "rate_limit_lowered", "rate_limit_raised", "rate_limit_raised"]
+    grants = [limiter.reserve(max_wait_s=10) for _ in range(7)]
+    assert _slot(grants[6]) - grants[0].redis_now_s == pytest.approx(0.06, abs=0.01)  # 2 x 0.03
+
+
 def test_observe_leaves_larger_plans_and_per_second_limits_alone(client, namespace):
     per_minute = _limiter(client, namespace, "100/min")
     per_minute.observe(RateHints(limit=2000))
@@ -472,9 +489,12 @@ def test_a_429_starts_the_shared_cooldown(api, redis_url, redis_client, namespac
     limiter = _limiter(redis_client, namespace, "50/s")
     deliverer = _deliverer(redis_url, namespace, api.url, redis_client, limiter, time.sleep)
     try:
-        assert deliverer.handle(make_envelope(EVENT, "evt-429")).kind == "retry"
+        # A 429 is pacing (issue 14): the event is deferred, its retries untouched.
+        assert deliverer.handle(make_envelope(EVENT, "evt-429")).kind == "deferred"
     finally:
         deliverer.http.close()
+    [(envelope, _due)] = _parked(redis_client, namespace)
+    assert envelope["attempt"] == 0
     other_worker = _limiter(redis_client, namespace, "50/s")
     assert 2.9 <= other_worker.paused_for() <= 4.05  # the epoch header was the later one
     granted, park_s = other_worker.acquire(max_wait_s=2)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -93,3 +94,27 @@ def start_worker(
         return proc
 
     return factory
+
+
+def pipeline_idle(client, settings: Settings) -> bool:
+    """Nothing queued, waiting for a retry, or handed to a worker and not yet acked.
+
+    A task acks (late) only after its POST and outcome write, so when this holds no POST of
+    these events can still be on its way: what the stand-in has is final."""
+    prefix = settings.key_prefix
+    return (client.llen(settings.queue) == 0
+            and client.zcard(f"{prefix}:delayed") == 0
+            and client.hlen(f"{prefix}:unacked") == 0)
+
+
+def wait_quiet(client, settings: Settings, timeout: float = 20.0) -> None:
+    """Wait (bounded) until :func:`pipeline_idle` holds on two polls in a row: the observable
+    replacement for a fixed "anything sent twice would show up now" sleep."""
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while time.monotonic() < deadline:
+        seen = seen + 1 if pipeline_idle(client, settings) else 0
+        if seen >= 2:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the pipeline did not go idle within {timeout}s")

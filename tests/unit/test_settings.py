@@ -93,3 +93,17 @@ def test_worker_refuses_to_start_without_credentials():
     assert result.returncode == 1
     assert "VOUCHERIFY_APP_ID" in result.stderr and "VOUCHERIFY_APP_TOKEN" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_failure_handling_settings_have_documented_defaults_and_are_checked():
+    settings = Settings.from_env({})
+    assert settings.retry_after_max_s == 3600.0
+    assert settings.auth_dead_letter_after_s == 3600.0
+    assert settings.auth_probe_interval_s == 30.0
+    at_once = Settings.from_env({"VOUCHERIFY_AUTH_DEAD_LETTER_AFTER_S": "0"})
+    assert at_once.auth_dead_letter_after_s == 0
+    for name in ("VOUCHERIFY_RETRY_AFTER_MAX_S", "VOUCHERIFY_AUTH_PROBE_INTERVAL_S"):
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env({name: "0"})
+    with pytest.raises(ConfigError, match="VOUCHERIFY_AUTH_DEAD_LETTER_AFTER_S"):
+        Settings.from_env({"VOUCHERIFY_AUTH_DEAD_LETTER_AFTER_S": "-1"})

@@ -1,4 +1,6 @@
-"""``voucherify-ingest worker``: a Celery worker on our app, with our housekeeping thread."""
+"""``voucherify-ingest worker``: a Celery worker on our app (whose own signals bring the
+housekeeping thread, kombu fixes and shutdown guard: ``worker/embedding.py``). Before Celery
+starts it waits for Redis, one clear log line per attempt."""
 
 from __future__ import annotations
 
@@ -7,16 +9,12 @@ import sys
 
 import click
 import structlog
-from celery import signals
 
 from voucherify_ingest.cli.common import load_settings
 from voucherify_ingest.cli.redis_wait import stop_signals_exit, wait_for_redis
 from voucherify_ingest.logs import configure_logging
 from voucherify_ingest.settings import WORKER_POOLS
-from worker import kombu_fix
 from worker.app import create_app
-from worker.housekeeping import Housekeeper
-from worker.shutdown import ShutdownGuard
 
 POOLS = list(WORKER_POOLS)  # gevent/eventlet are refused: see voucherify_ingest.settings
 
@@ -52,27 +50,7 @@ def worker_command(concurrency, pool, hostname, celery_args):
     with stop_signals_exit(log):
         wait_for_redis(settings, log)  # one redis_unreachable line per attempt, as long as needed
     app = create_app(settings)
-    kombu_fix.apply()  # survive a Redis restart with deliveries in flight
-    ShutdownGuard(settings).install()  # second SIGTERM / stop bound: exit at once
     node = hostname or f"voucherify-{os.getpid()}@%h"
-    keeper: dict[str, Housekeeper] = {}
-
-    @signals.worker_ready.connect(weak=False)
-    def _ready(sender=None, **_kwargs):
-        name = getattr(sender, "hostname", node)
-        keeper["k"] = Housekeeper(settings, name)
-        keeper["k"].start()
-        log.info(
-            "worker_ready", node=name, queue=settings.queue, pool=settings.worker_pool,
-            concurrency=settings.worker_concurrency, api_url=settings.api_base,
-            redis=settings.safe_redis_url, rate_limit=settings.rate_limit or "off",
-        )
-
-    @signals.worker_shutdown.connect(weak=False)
-    def _shutdown(**_kwargs):
-        if "k" in keeper:
-            keeper["k"].stop()
-        log.info("worker_stopped")
 
     argv = [
         "worker",

@@ -16,7 +16,8 @@ from typing import Any
 
 from voucherify_ingest.timefmt import iso_utc as iso_ms
 
-REASONS = ("invalid", "rejected", "retries_exhausted", "quota_exhausted", "auth")
+# internal: a bug or an unexpected error inside the worker (worker/internal_errors.py).
+REASONS = ("invalid", "rejected", "retries_exhausted", "quota_exhausted", "auth", "internal")
 HOSTNAME = socket.gethostname()
 
 
