@@ -12,6 +12,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
+from voucherify_ingest.standin.activity import activity_customer
 from voucherify_ingest.standin.records import Received
 from voucherify_ingest.standin.wire import (
     _html_page,
@@ -101,13 +102,15 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self._read_body()
         if raw is None:
             return
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
         standin = self.server.standin
         if path == EVENTS_PATH:
             if method == "POST":
                 self._events(standin, raw)
             else:
                 self._send(405, error_body(405, f"{method} is not allowed"), {"Allow": "POST"})
+        elif method == "GET" and (ref := activity_customer(path)) is not None:
+            self._activity(standin, ref, query)
         elif path.startswith(CONTROL_PREFIX):
             self._control(standin, method, path[len(CONTROL_PREFIX) :], raw)
         else:
@@ -152,8 +155,6 @@ class _Handler(BaseHTTPRequestHandler):
         app_id, token = low.get("x-app-id"), low.get("x-app-token")
         body, valid, errors, checked = _inspect(raw)
         verdict = standin._decide(app_id == standin.app_id and token == standin.app_token)
-        if verdict.delay_s > 0:
-            standin._stopping.wait(verdict.delay_s)  # stop() wakes stalled handlers
         status, out = verdict.status, verdict.body
         if verdict.drop:
             status = 0
@@ -168,6 +169,10 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 why = "; ".join(errors[:5]) if is_json else "Content-Type must be application/json"
                 status, out, verdict.outcome = 400, error_body(400, why), "invalid_payload"
+        if status == 200 and out is not None and verdict.garbage is None:
+            standin._record_activity(body, out, at)  # processed now, however late the answer
+        if verdict.delay_s > 0:
+            standin._stopping.wait(verdict.delay_s)  # stop() wakes stalled handlers
         standin._record(
             Received(
                 at=at,
@@ -196,6 +201,15 @@ class _Handler(BaseHTTPRequestHandler):
             if out is None:
                 out = success_body(body) if status < 400 else error_body(status)
             self._send(status, out, verdict.headers)
+
+    def _activity(self, standin: StandIn, ref: str, query: str) -> None:
+        low = {k.lower(): v for k, v in self.headers.items()}
+        authed = (low.get("x-app-id"), low.get("x-app-token")) == (
+            standin.app_id, standin.app_token)
+        status, body, delay_s = standin._lookup(ref, query, authed)
+        if delay_s > 0:
+            standin._stopping.wait(delay_s)
+        self._send(status, body if status == 200 else {**error_body(status), **(body or {})})
 
     def _send_garbage(self, kind: str, headers: dict) -> None:
         if kind == "truncated_json":

@@ -9,6 +9,7 @@ import threading
 import time
 
 from voucherify_ingest.standin.actions import _check_action
+from voucherify_ingest.standin.activity import ActivityLog
 from voucherify_ingest.standin.handler import _Handler, _Server, _Server6
 from voucherify_ingest.standin.records import Received, _Verdict
 
@@ -45,6 +46,8 @@ class StandIn:
             self._tat = 0.0  # GCRA theoretical arrival time, on time.monotonic()
             self._refuse: tuple[float, int | None] | None = None
             self._too_many = 0
+            self._activity_ctl = {"lag_s": 0.0, "fail": None, "stall_s": 0.0}
+            self._activities = ActivityLog()
         with self._cond:
             self._records: list[Received] = []
             self._delivered_n = 0
@@ -102,6 +105,34 @@ class StandIn:
                 self._delivered_n += 1
             self._cond.notify_all()
 
+    def _record_activity(self, request, answer: dict, at: float) -> None:
+        with self._ctl:
+            lag_s, log = self._activity_ctl["lag_s"], self._activities
+        if isinstance(request, dict):
+            log.record(request, answer, at, lag_s)
+
+    def _lookup(self, ref: str, query: str, authed: bool) -> tuple[int, dict | None, float]:
+        """One List Customer Activity call: (status, body, seconds to stall first)."""
+        with self._ctl:
+            ctl, log = dict(self._activity_ctl), self._activities
+        if not authed:
+            log.lookups += 1
+            return 401, None, 0.0
+        if ctl["fail"]:
+            log.lookups += 1
+            return int(ctl["fail"]), None, ctl["stall_s"]
+        status, body = log.page(ref, query)
+        return status, body, ctl["stall_s"]
+
+    def set_activity(self, lag_s: float = 0.0, fail: int | None = None,
+                     stall_s: float = 0.0) -> None:
+        """List Customer Activity: new activities visible ``lag_s`` after their event;
+        ``fail`` answers every lookup with that status; ``stall_s`` delays every answer."""
+        with self._ctl:
+            self._activity_ctl = {"lag_s": max(0.0, float(lag_s)),
+                                  "fail": int(fail) if fail else None,
+                                  "stall_s": max(0.0, float(stall_s))}
+
     def received(self) -> list[Received]:
         with self._cond:
             return list(self._records)
@@ -137,6 +168,8 @@ class StandIn:
             "duplicate_ids": sum(1 for n in ids.values() if n > 1),
             "schema_invalid": sum(1 for r in records if not r.schema_valid),
             "too_many": self.too_many_count(),
+            "lookups": self._activities.lookups,
+            "activities": self._activities.count(),
         }
 
     def reset(self) -> None:
@@ -217,6 +250,7 @@ class StandIn:
                 "rate_limit": self._rate,
                 "refusing_for_s": refuse_s,
                 "plan": list(self._plan),
+                "activity": dict(self._activity_ctl),
             }
 
     def configure(self, changes: dict) -> None:
@@ -239,6 +273,7 @@ class StandIn:
             "rate_limit": lambda v: self.set_rate_limit(**v) if v else self.set_rate_limit(None),
             "refuse_for": lambda v: self.refuse_for(**v),
             "plan": lambda v: self.plan(*v),
+            "activity": lambda v: self.set_activity(**(v or {})),
         }
         if not isinstance(changes, dict) or set(changes) - set(handlers):
             raise ValueError(f"config keys must be among {sorted(handlers)}")
