@@ -36,6 +36,21 @@ RESENT = "in_doubt:resent"
 LOOKUPS = "in_doubt:lookups"
 OUTCOME_COUNTERS = (HELD, VERIFIED_DELIVERED, VERIFIED_ABSENT, LOOKUP_FAILED, RESENT, LOOKUPS)
 
+OUTCOME_LABELS = {
+    HELD: "held",
+    VERIFIED_DELIVERED: "verified delivered",
+    VERIFIED_ABSENT: "verified absent, resent",
+    LOOKUP_FAILED: "lookup failed, held",
+    RESENT: "resent (policy resend)",
+    LOOKUPS: "lookups",
+}
+
+
+def outcome_counts(counters: dict[str, int]) -> dict[str, int]:
+    """The in-doubt counters of a ``{p}:stats:counters`` hash, by short name (``held``...)."""
+    return {name.split(":", 1)[1]: int(counters.get(name, 0)) for name in OUTCOME_COUNTERS}
+
+
 # What happened to a send whose outcome is unknown (the evidence's ``what``).
 WORKER_DIED = "no outcome recorded (the sending worker died or lost Redis)"
 

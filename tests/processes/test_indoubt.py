@@ -7,6 +7,7 @@ and what Redis holds (dead letters with their evidence, the ledger, the counters
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -183,3 +184,32 @@ def test_replay_of_held_events_sends_them(
     assert result.returncode == 0, result.stderr
     assert "replayed 1 " in result.stdout
     _wait(lambda: standin.delivered_ids().get(event_id) == 1, 30, "the replayed event")
+
+
+def test_in_doubt_counts_show_in_stats_metrics_and_dlq_stats(
+    standin, producer, start_worker, redis_client, pipeline_settings, pipeline_env
+):
+    from prometheus_client import generate_latest
+
+    from voucherify_ingest.metrics import build_registry
+
+    standin.plan(stall(STALL_S))
+    event_id = producer.enqueue_event(_event(8))
+    start_worker()
+    _wait(lambda: _dlq(redis_client, pipeline_settings).get(event_id), 30, "the held event")
+
+    def cli(*args: str) -> dict:
+        result = subprocess.run(
+            [sys.executable, "-m", "voucherify_ingest.cli", *args, "--json"],
+            env={**os.environ, **pipeline_env}, capture_output=True, text=True, timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    assert cli("stats")["in_doubt"]["held"] == 1
+    dlq_stats = cli("dlq", "stats")
+    assert dlq_stats["in_doubt"]["held"] == 1 and dlq_stats["by_reason"]["in_doubt"] == 1
+    text = generate_latest(build_registry(redis_client, pipeline_settings)).decode()
+    assert 'voucherify_ingest_in_doubt_total{outcome="held"} 1.0' in text
+    assert "voucherify_ingest_in_doubt_lookups_total 0.0" in text
