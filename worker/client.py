@@ -169,7 +169,7 @@ def _read_by(response: requests.Response, deadline: float) -> bytes:
             raise _DeadlinePassed()
         if sock is not None:
             sock.settimeout(left)
-        chunk = raw.read(65536, decode_content=True)
+        chunk = raw.read1(65536, decode_content=True)  # what one socket read brought
         if not chunk:
             break
         chunks.append(chunk)
