@@ -49,7 +49,7 @@ def test_redis_restarted_twice_mid_run(
         done = wait_until_accounted(ids, standin, outcomes, deadline - time.monotonic())
         time.sleep(1.0)
         report = account("redis restarted twice", ids, standin.received(),
-                         outcomes.dead_lettered_ids())
+                         outcomes.dead_lettered_ids(), held_ids=outcomes.held_ids())
         report.extra["restarts"] = (
             f"{len(DOWN_S)} (down {', '.join(f'{s:g}' for s in DOWN_S)} s) after "
             f"{', '.join(map(str, restarts))} deliveries"
