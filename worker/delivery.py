@@ -64,6 +64,10 @@ class Limiter(Protocol):
         """Sleep until this worker's slot (at most ``max_wait_s``) and return None: send now.
         A number instead: do not send; park the event that many seconds (no retry used)."""
 
+    def acquire(self, max_wait_s: float) -> tuple[bool, float]:
+        """Take a slot within ``max_wait_s`` (True, seconds to it) or take none (False, seconds
+        to park): in-doubt lookups, the low-priority calls, use it."""
+
     def on_rate_limited(self, retry_after_s: float | None, headers: Any = None) -> None:
         """The API answered 429: every worker pauses (shared cool-down)."""
 
