@@ -87,6 +87,9 @@ class DeliveryError(IngestError):
         self.body_excerpt = body_excerpt
         self.headers = headers or {}
         self.latency_ms: float | None = None
+        # The request may have reached the API and no answer says what became of it (read
+        # timeout, connection broken after the body went out): see voucherify_ingest.indoubt.
+        self.in_doubt = False
 
     def as_dict(self) -> dict[str, Any]:
         """What a dead-letter entry and a log line keep of this error."""

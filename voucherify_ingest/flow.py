@@ -24,6 +24,7 @@ from typing import Any
 import redis
 
 from voucherify_ingest.deadletters import REASONS
+from voucherify_ingest.indoubt import outcome_counts
 from voucherify_ingest.keys import Keys
 from voucherify_ingest.rates import limiter_key, parse_rate_limit
 from voucherify_ingest.settings import Settings
@@ -66,6 +67,9 @@ class FlowSnapshot:
     limiter: LimiterState
     workers_alive: list[str] = field(default_factory=list)
     workers_stale: list[str] = field(default_factory=list)
+    # In-doubt sends settled, by outcome (held, verified_delivered, verified_absent_resent,
+    # lookup_failed, resent) and the lookups they took: voucherify_ingest.indoubt.
+    in_doubt: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON types only: an infinite bucket bound is written ``"+Inf"``."""
@@ -227,6 +231,7 @@ class FlowReader:
             limiter=self.limiter_state(),
             workers_alive=sorted(alive),
             workers_stale=sorted(stale),
+            in_doubt=outcome_counts(counters),
         )
 
     # -- the shared rate limiter --------------------------------------------------------------

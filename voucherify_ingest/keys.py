@@ -15,6 +15,7 @@ key                            type    what
 ``{p}:dlq:counts``             hash    ``{reason}|{status}`` -> entries (stats without scans)
 ``{p}:delivered:{event_id}``   string  delivery ledger: set after a 200, expires after the TTL
 ``{p}:inflight:{event_id}``    string  a worker is sending this event now (short TTL)
+``{p}:sent:{event_id}``        string  a request went out, outcome not yet recorded: by|at|what
 ``{p}:rl:{h}``                 string  GCRA theoretical arrival time, epoch us (Redis time)
 ``{p}:rl:{h}:cooldown``        string  shared cool-down after a 429, until epoch us
 ``{p}:rl:{h}:parked``          string  place in line of the last event parked for a slot
@@ -74,6 +75,9 @@ class Keys:
 
     def inflight(self, event_id: str) -> str:
         return f"{self.prefix}:inflight:{event_id}"
+
+    def sent(self, event_id: str) -> str:
+        return f"{self.prefix}:sent:{event_id}"
 
     @property
     def unacked(self) -> str:

@@ -94,6 +94,24 @@ class FlowCollector:
         for reason in sorted(set(snap.dead_letters) | set(snap.dead_lettered_total)):
             dead.add_metric([reason], snap.dead_lettered_total.get(reason, 0))
         yield dead
+        doubt = CounterMetricFamily(
+            f"{NS}_in_doubt",
+            "In-doubt sends settled (the request may have reached the API, no outcome was "
+            "recorded), by outcome: held, verified_delivered, verified_absent_resent, "
+            "lookup_failed, resent.",
+            labels=["outcome"],
+        )
+        for outcome, value in sorted(snap.in_doubt.items()):
+            if outcome != "lookups":
+                doubt.add_metric([outcome], value)
+        yield doubt
+        lookups = CounterMetricFamily(
+            f"{NS}_in_doubt_lookups",
+            "List Customer Activity calls made to settle in-doubt sends (each one is an API call "
+            "from the shared rate budget).",
+        )
+        lookups.add_metric([], snap.in_doubt.get("lookups", 0))
+        yield lookups
 
     @staticmethod
     def _gauges(snap):

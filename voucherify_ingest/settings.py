@@ -214,6 +214,21 @@ class Settings:
         default=30.0, metadata={"env": "VOUCHERIFY_AUTH_PROBE_INTERVAL_S"}
     )
 
+    # In-doubt deliveries (docs/reliability.md): a send whose outcome nobody recorded.
+    # hold | verify | resend; "" = verify when a marker key is set, else hold.
+    in_doubt: str = field(default="", metadata={"env": "VOUCHERIFY_IN_DOUBT"})
+    in_doubt_events: str = field(default="", metadata={"env": "VOUCHERIFY_IN_DOUBT_EVENTS"})
+    event_id_metadata_key: str = field(
+        default="", metadata={"env": "VOUCHERIFY_EVENT_ID_METADATA_KEY"}
+    )
+    in_doubt_grace_s: float = field(default=60.0, metadata={"env": "VOUCHERIFY_IN_DOUBT_GRACE_S"})
+    in_doubt_window_s: float = field(
+        default=300.0, metadata={"env": "VOUCHERIFY_IN_DOUBT_WINDOW_S"}
+    )
+    in_doubt_lookup_retries: int = field(
+        default=5, metadata={"env": "VOUCHERIFY_IN_DOUBT_LOOKUP_RETRIES"}
+    )
+
     # Logging
     log_level: str = field(default="INFO", metadata={"env": "VOUCHERIFY_LOG_LEVEL"})
     log_format: str = field(default="auto", metadata={"env": "VOUCHERIFY_LOG_FORMAT"})
@@ -320,6 +335,9 @@ class Settings:
         ):
             if value <= 0:
                 raise ConfigError(f"{name} must be greater than 0, got {value!r}")
+        from voucherify_ingest.indoubt import check_in_doubt_settings
+
+        check_in_doubt_settings(self)  # ConfigError naming the VOUCHERIFY_IN_DOUBT* variable
         from voucherify_ingest.rates import parse_rate_limit
 
         parse_rate_limit(self.rate_limit)  # ConfigError naming VOUCHERIFY_RATE_LIMIT

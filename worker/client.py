@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from voucherify_ingest import __version__
@@ -129,6 +130,63 @@ def classify(status: int, headers: Any, body: bytes) -> DeliveryError | None:
     return PermanentDelivery(message, **fields)
 
 
+class _DeadlinePassed(Exception):
+    """The attempt's total deadline passed while its answer was still being read."""
+
+
+def _in_doubt(message: str) -> RetryableDelivery:
+    error = RetryableDelivery(message)
+    error.in_doubt = True
+    return error
+
+
+def _nothing_sent(exc: requests.ConnectionError) -> bool:
+    """A refused or failed connect (urllib3's NewConnectionError, a name that did not
+    resolve): the request never left. Anything else (reset, remote closed) may have."""
+    seen, cause = set(), exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, (urllib3.exceptions.NewConnectionError, ConnectionRefusedError,
+                              urllib3.exceptions.NameResolutionError)):
+            return True
+        if isinstance(cause, urllib3.exceptions.MaxRetryError):
+            cause = cause.reason
+            continue
+        cause = cause.args[0] if cause.args and isinstance(cause.args[0], BaseException) else (
+            cause.__cause__ or cause.__context__)
+    return False
+
+
+def _read_by(response: requests.Response, deadline: float) -> bytes:
+    """The whole body, each socket read bounded by what is left until ``deadline``."""
+    raw = response.raw
+    conn = getattr(raw, "connection", None)
+    sock = getattr(conn, "sock", None)
+    chunks = []
+    while True:
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            raise _DeadlinePassed()
+        if sock is not None:
+            sock.settimeout(left)
+        chunk = raw.read1(65536, decode_content=True)  # what one socket read brought
+        if not chunk:
+            break
+        chunks.append(chunk)
+    response._content = body = b"".join(chunks)
+    response._content_consumed = True
+    raw.release_conn()
+    return body
+
+
+def with_marker(payload: dict[str, Any], key: str, event_id: str) -> dict[str, Any]:
+    """The payload with the event id in its metadata under ``key`` (for in-doubt lookups)."""
+    metadata = payload.get("metadata")
+    metadata = dict(metadata) if isinstance(metadata, dict) else {}
+    metadata[key] = event_id
+    return {**payload, "metadata": metadata}
+
+
 class VoucherifyClient:
     """``POST /v1/events`` with keep-alive, (connect, read) timeouts and classified errors.
 
@@ -151,7 +209,13 @@ class VoucherifyClient:
     ):
         self.settings = settings
         self.url = settings.events_url
-        self.timeout = (settings.connect_timeout_s, settings.read_timeout_s)
+        self.total_s = settings.connect_timeout_s + settings.read_timeout_s
+        # urllib3 bounds connect + the wait for the status line by ``total``; the body is read
+        # against the same deadline in ``_read_by``.
+        self.timeout = urllib3.Timeout(
+            connect=settings.connect_timeout_s, read=settings.read_timeout_s, total=self.total_s
+        )
+        self.marker_key = settings.event_id_metadata_key
         self.session = session or self._make_session(settings, pool_size)
         # VOUCHERIFY_AUTH=oauth: a worker.oauth.TokenSource; each POST carries its Bearer token.
         self.tokens = tokens
@@ -167,6 +231,7 @@ class VoucherifyClient:
         self._adapter = self.session.get_adapter(self.url)
         self._send_kwargs = {
             "timeout": self.timeout,
+            "stream": True,
             "verify": self.session.verify,
             "cert": self.session.cert,
             "proxies": dict(self.session.proxies),
@@ -192,6 +257,12 @@ class VoucherifyClient:
     def send_event(self, payload: dict[str, Any], event_id: str | None = None) -> Delivered:
         """Deliver one event; return ``Delivered`` or raise a ``DeliveryError`` subclass.
 
+        One attempt takes at most ``total_s`` (connect + read timeout) in all: requests' read
+        timeout bounds each socket read, not the attempt, so the body is read chunk by chunk
+        against the deadline. A 2xx whose body then breaks is delivered all the same (the API
+        said so). A failure after the request may have reached the API is marked ``in_doubt``;
+        a connect error or refusal is not (nothing was sent).
+
         With OAuth, a 401 gets one retry with a new token (the old one expired or was revoked).
         """
         if self.tokens is None:
@@ -210,21 +281,64 @@ class VoucherifyClient:
             request.headers["Authorization"] = f"Bearer {token}"
         if event_id:
             request.headers[EVENT_ID_HEADER] = event_id
+            if self.marker_key:
+                payload = with_marker(payload, self.marker_key, event_id)
         request.prepare_body(dumps(payload), None)
         started = time.perf_counter()
-        try:
-            response = self._adapter.send(request, **self._send_kwargs)
-            body = response.content
-        except requests.Timeout as exc:
-            raise RetryableDelivery(f"timed out: {type(exc).__name__}") from None
-        except requests.RequestException as exc:
-            raise RetryableDelivery(f"connection failed: {type(exc).__name__}") from None
+        response, status, body = self._exchange(request, started)
         latency_ms = (time.perf_counter() - started) * 1000
-        error = classify(response.status_code, response.headers, body)
+        error = classify(status, response.headers, body)
         if error is not None:
             error.latency_ms = latency_ms
             raise error
-        return Delivered(response.status_code, latency_ms, rate_hints(response.headers))
+        return Delivered(status, latency_ms, rate_hints(response.headers))
+
+    def get_json(self, path: str, params: dict[str, Any]) -> tuple[int, Any, Any]:
+        """``GET {api}{path}`` within the same total deadline: (status, parsed body or None,
+        headers). Raises ``RetryableDelivery`` when no answer came (never in doubt: a GET
+        records nothing)."""
+        headers = dict(self._headers)
+        if self.tokens is not None:
+            headers["Authorization"] = f"Bearer {self.tokens.token()}"
+        request = requests.Request(
+            "GET", f"{self.settings.api_base}{path}", headers=headers, params=params
+        ).prepare()
+        response, status, body = self._exchange(request, time.perf_counter())
+        try:
+            parsed = json.loads(body) if body else None
+        except ValueError:
+            parsed = None
+        return status, parsed, response.headers
+
+    def _exchange(self, request, started: float):
+        """Send ``request`` and read its answer by ``started + total_s``: (response, status,
+        body). Every failure is a RetryableDelivery, ``in_doubt`` when the request may have
+        been received."""
+        deadline = started + self.total_s
+        try:
+            response = self._adapter.send(request, **self._send_kwargs)
+        except (requests.ConnectTimeout, requests.exceptions.SSLError) as exc:
+            raise RetryableDelivery(f"could not connect: {type(exc).__name__}") from None
+        except requests.Timeout as exc:
+            raise _in_doubt(f"timed out: {type(exc).__name__}") from None
+        except requests.ConnectionError as exc:
+            if _nothing_sent(exc):
+                raise RetryableDelivery(f"could not connect: {type(exc).__name__}") from None
+            raise _in_doubt(f"connection broke: {type(exc).__name__}") from None
+        except requests.RequestException as exc:
+            raise _in_doubt(f"connection failed: {type(exc).__name__}") from None
+        status = response.status_code
+        try:
+            body = _read_by(response, deadline)
+        except (requests.RequestException, OSError, _DeadlinePassed,
+                urllib3.exceptions.HTTPError) as exc:
+            response.close()
+            if 200 <= status < 300:
+                return response, status, b""  # the API said 2xx: delivered, body or not
+            raise RetryableDelivery(
+                f"HTTP {status}, answer cut short: {type(exc).__name__}", status=status
+            ) from None
+        return response, status, body
 
     def close(self) -> None:
         self.session.close()

@@ -37,6 +37,7 @@ from voucherify_ingest.errors import (
     RateLimited,
 )
 from voucherify_ingest.events import validate_event
+from voucherify_ingest.indoubt import RESEND, RESENT, Policies, SendRecord
 from voucherify_ingest.keys import Keys
 from voucherify_ingest.logs import mask_secrets
 from voucherify_ingest.messages import EVENT_ID_RE, batch_message, event_message
@@ -46,7 +47,9 @@ from worker.authpause import AuthPause, AuthState
 from worker.backoff import backoff_delay
 from worker.client import VoucherifyClient
 from worker.delayed import DelayedQueue
-from worker.ledger import ALREADY_DELIVERED, BUSY, CLAIMED, DeliveryLedger
+from worker.indoubt import Settler
+from worker.ledger import ALREADY_DELIVERED, BUSY, CLAIMED, DROP, IN_DOUBT, KEEP, DeliveryLedger
+from worker.outcome import Outcome
 from worker.pacing import comeback_delay, pause_after_429
 
 BUSY_RETRY_S = 2.0
@@ -69,6 +72,10 @@ class Limiter(Protocol):
         """Sleep until this worker's slot (at most ``max_wait_s``) and return None: send now.
         A number instead: do not send; park the event that many seconds (no retry used)."""
 
+    def acquire(self, max_wait_s: float) -> tuple[bool, float]:
+        """Take a slot within ``max_wait_s`` (True, seconds to it) or take none (False, seconds
+        to park): in-doubt lookups, the low-priority calls, use it."""
+
     def on_rate_limited(self, retry_after_s: float | None, headers: Any = None) -> None:
         """The API answered 429: every worker pauses (shared cool-down)."""
 
@@ -83,13 +90,6 @@ class _Tally:
     delivered: int = 0
     duplicates: int = 0
     latencies_ms: list[float] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    kind: str  # delivered | duplicate | retry | deferred | dead_lettered
-    event_id: str
-    detail: str = ""
 
 
 class Deliverer:
@@ -132,6 +132,8 @@ class Deliverer:
         self.batch_budget_s = max(0.0, settings.visibility_timeout_s - 2 * attempt_s - 5)
         # A batch claim older than this may lapse before the event's attempt ends: claim again.
         self.claim_fresh_s = max(0.0, self.ledger.inflight_ttl_ms / 1000 - attempt_s - 1)
+        self.policies = Policies.from_settings(settings)
+        self.settler = Settler(self)
 
     @property
     def owner(self) -> str:
@@ -217,8 +219,20 @@ class Deliverer:
         log = self.log.bind(event_id=event_id, event_name=payload["event"], attempt=attempt + 1)
         if self.settings.log_pii:  # VOUCHERIFY_LOG_PII=1, a debug switch: customer data in logs
             log = log.bind(customer=payload.get("customer"))
+        policy = self.policies.for_event(payload["event"])
+        track = policy != RESEND  # keep send records: an unrecorded outcome is caught later
+        record: SendRecord | None = None
+        written = False
         if claim is None:
-            claim = self._redis_call(self.ledger.claim, event_id, self.owner)
+            # Without a limiter the request goes out right after the claim: one round trip
+            # claims and writes the send record.
+            sending = SendRecord(self.owner, time.time()) if track and not self.limiter else None
+            claim, record = self._redis_call(
+                self.ledger.claim_with_record, event_id, self.owner, sending
+            )
+            written = sending is not None and claim == CLAIMED
+        elif claim == IN_DOUBT:
+            record = self._redis_call(self.ledger.send_record, event_id)
         if claim == ALREADY_DELIVERED:
             if tally is not None:
                 tally.duplicates += 1
@@ -230,13 +244,18 @@ class Deliverer:
             self._store(lambda pipe: self._defer(pipe, envelope, BUSY_RETRY_S))
             log.info("delivery", outcome="deferred", why="in_flight_elsewhere")
             return Outcome("deferred", event_id, "in flight elsewhere")
+        if claim == IN_DOUBT:
+            settled = self.settler.settle(log, envelope, event_id, payload, attempt,
+                                          record or SendRecord("unknown", 0.0), policy)
+            if settled is not None:
+                return settled  # held, verified delivered, or waiting for the lookup
 
         auth = self._redis_call(self.auth_pause.check)
         if auth.hold:  # the API refuses our credentials: park, no POST, no retry used
             park_s = self.auth_pause.park_s()
             self._store(
                 lambda pipe: (
-                    self.ledger.release(pipe, event_id),
+                    self.ledger.release(pipe, event_id, self.owner, DROP),
                     self._defer(pipe, envelope, park_s),
                     self.stats.record(pipe, {"deferred": 1, "auth_deferred": 1}),
                 )
@@ -250,7 +269,7 @@ class Deliverer:
             if wait_s is not None:
                 self._store(
                     lambda pipe: (
-                        self.ledger.release(pipe, event_id),
+                        self.ledger.release(pipe, event_id, self.owner, DROP),
                         self._defer(pipe, envelope, wait_s),
                         self.stats.record(pipe, {"deferred": 1}),
                     )
@@ -258,17 +277,28 @@ class Deliverer:
                 log.info("delivery", outcome="deferred", why="rate_limit", wait_s=round(wait_s, 3))
                 return Outcome("deferred", event_id, "rate limit")
 
+        sent_at = time.time()
+        if track and not written:
+            self._redis_call(self.ledger.mark_sending, event_id, SendRecord(self.owner, sent_at))
         try:
             result = self.http.send_event(payload, event_id)
         except DeliveryError as exc:
+            if exc.in_doubt and track:
+                note = SendRecord(self.owner, sent_at, str(exc))
+                self._redis_call(self.ledger.mark_sending, event_id, note)
+                log.warning("delivery", outcome="in_doubt", error=str(exc), policy=policy)
+                return self.settler.settle(log, envelope, event_id, payload, attempt + 1, note,
+                                           policy, fresh=True)
             return self._failed(log, envelope, event_id, payload, attempt + 1, exc)
         if auth.paused_for_s is not None:
             self._end_auth_pause(auth)
 
-        if self.limiter is not None:
-            self.limiter.observe(result.hints)
+        # The window where a death records the event twice: from the API's answer to the
+        # ledger write. Nothing else comes first (the limiter's feedback waits), and it is
+        # measured (``answer_to_ledger_ms`` on the log line).
+        answered = time.perf_counter()
         if tally is not None:
-            self._store(lambda pipe: self.ledger.mark_delivered(pipe, event_id),
+            self._store(lambda pipe: self.ledger.mark_delivered(pipe, event_id, self.owner),
                         budget_s=self.delivered_budget_s,
                         transaction=False)
             tally.delivered += 1
@@ -276,16 +306,20 @@ class Deliverer:
         else:
             self._store(
                 lambda pipe: (
-                    self.ledger.mark_delivered(pipe, event_id),
+                    self.ledger.mark_delivered(pipe, event_id, self.owner),
                     self.stats.record(pipe, {"delivered": 1, "attempts": 1}, result.latency_ms),
                 ),
                 budget_s=self.delivered_budget_s,
             )
+        window_ms = (time.perf_counter() - answered) * 1000
+        if self.limiter is not None:
+            self.limiter.observe(result.hints)
         log.info(
             "delivery",
             outcome="delivered",
             status=result.status,
             latency_ms=round(result.latency_ms, 1),
+            answer_to_ledger_ms=round(window_ms, 2),
         )
         return Outcome("delivered", event_id)
 
@@ -302,6 +336,8 @@ class Deliverer:
         counts = {"attempts": 1}
         if exc.status == 429:
             counts["http_429"] = 1
+        if exc.in_doubt:  # policy resend: sent again as before, and counted
+            counts[RESENT] = 1
         if isinstance(exc, RateLimited):
             return self._paced(log, envelope, event_id, exc, counts, latency)
         if isinstance(exc, AuthRejected):
@@ -319,7 +355,7 @@ class Deliverer:
             retry_envelope = {**envelope, "attempt": attempt}
             self._store(
                 lambda pipe: (
-                    self.ledger.release(pipe, event_id),
+                    self.ledger.release(pipe, event_id, self.owner, DROP),
                     self._defer(pipe, retry_envelope, delay),
                     self.stats.record(pipe, {**counts, "retried": 1}),
                 )
@@ -337,7 +373,7 @@ class Deliverer:
         )
         self._store(
             lambda pipe: (
-                self.ledger.release(pipe, event_id),
+                self.ledger.release(pipe, event_id, self.owner, DROP),
                 self.stats.record(pipe, {**counts, f"dead_lettered:{reason}": 1}),
             ),
             dead_letter=entry,
@@ -367,7 +403,7 @@ class Deliverer:
         delay = comeback_delay(pause_s)
         self._store(
             lambda pipe: (
-                self.ledger.release(pipe, event_id),
+                self.ledger.release(pipe, event_id, self.owner, DROP),
                 self._defer(pipe, envelope, delay),
                 self.stats.record(pipe, {**counts, "deferred": 1}),
             )
@@ -398,7 +434,7 @@ class Deliverer:
         park_s = self.auth_pause.park_s()
         self._store(
             lambda pipe: (
-                self.ledger.release(pipe, event_id),
+                self.ledger.release(pipe, event_id, self.owner, DROP),
                 self._defer(pipe, envelope, park_s),
                 self.stats.record(pipe, {**counts, "deferred": 1}),
             )
@@ -445,8 +481,9 @@ class Deliverer:
 
         def fill(pipe):
             for (_, event_id, _, _), claim in zip(rest, claims, strict=True):
-                if claim == CLAIMED:
-                    self.ledger.release(pipe, event_id)
+                if claim in (CLAIMED, IN_DOUBT):
+                    keep = KEEP if claim == IN_DOUBT else DROP
+                    self.ledger.release(pipe, event_id, self.owner, keep)
             pipe.rpush(self.settings.queue, message)  # the consuming end: next in line
 
         self._store(fill)

@@ -20,8 +20,7 @@ from tests.bench import BenchContext, Row, format_table
 
 MODULES = [
     "enqueue", "drain", "throughput", "ratelimit", "dlq", "serve", "spool", "memory",
-    "dashboard",
-    "replica_wait",
+    "dashboard", "replica_wait", "indoubt",
 ]
 
 

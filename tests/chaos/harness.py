@@ -119,6 +119,10 @@ class Outcomes:
     def dead_lettered_ids(self) -> list[str]:
         return [i.decode() for i in self.redis.hkeys(self.keys.dlq_entries)]
 
+    def held_ids(self) -> list[str]:
+        """Dead letters with reason ``in_doubt`` (held: the API may have recorded them)."""
+        return [i.decode() for i in self.redis.zrange(self.keys.dlq_reason("in_doubt"), 0, -1)]
+
     def pending(self) -> dict[str, int]:
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.llen(self.keys.queue)

@@ -87,6 +87,10 @@ class RemoteStandIn:
     def set_latency(self, seconds: float) -> None:
         self.configure(latency_s=seconds)
 
+    def set_activity(self, **activity) -> None:
+        """List Customer Activity: ``lag_s``, ``fail`` (a status), ``stall_s``."""
+        self.configure(activity=activity)
+
     def stop(self) -> None:
         self.http.close()
         self.proc.terminate()

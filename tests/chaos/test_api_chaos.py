@@ -1,6 +1,7 @@
 """The API misbehaves: 10% 503, 5% stalls past the read timeout, 2% dropped connections, and a
-429 storm every few seconds, with the shared rate limiter on. Everything must arrive, and only
-the stalled requests (processed by the API, answered too late for the worker) may arrive twice.
+429 storm every few seconds, with the shared rate limiter on. Everything must arrive, once:
+the stalled requests (processed by the API, answered too late for the worker) and the dropped
+ones (not processed) are in doubt, and the ``verify`` policy looks each up before resending.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from tests.chaos.harness import (
     wait_until_accounted,
 )
 from tests.support.pipeline import wait_quiet
+from voucherify_ingest.indoubt import LOOKUPS, VERIFIED_ABSENT, VERIFIED_DELIVERED
+from voucherify_ingest.stats import StatsRecorder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(drain_budget_s(event_count(), 0.06, 240))]
 
@@ -38,6 +41,9 @@ def test_api_chaos_and_429_storms(
         # The shared limiter is on (a high pace: only its 429 cool-down matters here).
         VOUCHERIFY_RATE_LIMIT="2000/s,burst=100",
         VOUCHERIFY_READ_TIMEOUT_S=str(READ_TIMEOUT_S),
+        VOUCHERIFY_IN_DOUBT="verify",
+        VOUCHERIFY_EVENT_ID_METADATA_KEY="ingest_event_id",
+        VOUCHERIFY_IN_DOUBT_GRACE_S="3",
     )
     with scenario(env) as (producer, outcomes):
         # The default 16 deliveries per worker: a stalled request holds a thread for 2 s.
@@ -60,7 +66,11 @@ def test_api_chaos_and_429_storms(
         wait_quiet(outcomes.redis, outcomes.settings, timeout=60)
         received = standin.received()
         report = account("API chaos + 429 storms", ids, received, outcomes.dead_lettered_ids(),
-                         answer_lost=answer_after_timeout())
+                         in_doubt=answer_after_timeout())
+        counters = {k.decode(): int(v) for k, v in outcomes.redis.hgetall(
+            StatsRecorder(outcomes.settings.key_prefix).counters_key).items()}
+        report.extra["in-doubt outcomes"] = {
+            name: counters.get(name, 0) for name in (VERIFIED_DELIVERED, VERIFIED_ABSENT, LOOKUPS)}
         outcomes_seen = {}
         for record in received:
             outcomes_seen[record.outcome] = outcomes_seen.get(record.outcome, 0) + 1
@@ -71,5 +81,6 @@ def test_api_chaos_and_429_storms(
         report.check()
         for kind in ("chaos_503", "chaos_stall", "chaos_drop", "refused"):
             assert outcomes_seen.get(kind), f"no {kind} happened: the scenario proves less"
-        assert report.dead_lettered == 0, "an event used up its 8 retries"
+        assert report.dead_lettered == 0, "an event used up its 8 retries, or was held"
+        assert counters.get(VERIFIED_DELIVERED) and counters.get(VERIFIED_ABSENT)
         assert workers.all_running()

@@ -51,7 +51,7 @@ def test_redis_restarted_twice_mid_run(
         # Nothing queued, delayed or unacked: no POST can still come (not a fixed sleep).
         wait_quiet(outcomes.redis, outcomes.settings, timeout=60)
         report = account("redis restarted twice", ids, standin.received(),
-                         outcomes.dead_lettered_ids())
+                         outcomes.dead_lettered_ids(), held_ids=outcomes.held_ids())
         report.extra["restarts"] = (
             f"{len(DOWN_S)} (down {', '.join(f'{s:g}' for s in DOWN_S)} s) after "
             f"{', '.join(map(str, restarts))} deliveries"

@@ -2,9 +2,10 @@
 
 What a killed worker had taken but not acked must come back (measured: SIGKILL -> the message
 is back in a live worker's hands) well under 60 s, nothing may be lost, and nothing may be
-delivered twice except what the killed worker had already sent when it died (the API's 200 came
-back to a dying process, so the ledger never heard of it; counted and reported, see
-``tests.chaos.accounting``).
+recorded twice by the API: a request the killed worker had sent without recording its outcome
+is in doubt, and the default policy (no marker key: ``hold``) dead-letters it as ``in_doubt``
+instead of resending it blind (see ``tests.chaos.accounting`` and
+``tests/chaos/test_indoubt_kills.py`` for the other policies).
 """
 
 from __future__ import annotations
@@ -30,21 +31,14 @@ from tests.chaos.harness import (
     scenario,
     wait_until_accounted,
 )
+from tests.chaos.kills import CONCURRENCY, run_kills
 from tests.chaos.redelivery import RedeliveryProbe
 from tests.support.pipeline import wait_quiet
 from voucherify_ingest.settings import Settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(drain_budget_s(event_count(), 0.05, 240))]
 
-KILL_EVERY_S = 2.0
-# The API's answer time: 2 workers x CONCURRENCY requests in flight then cap the drain at
-# ~320 events/s, so the backlog outlasts several kills however little CPU a worker spends per
-# event (with a 0 ms stand-in, 5,000 events drained in under 6 s: only two kills).
-API_LATENCY_S = 0.05
-# The shortest visibility timeout these timeouts allow (2 x (1 + 2 + 2) + 5, see Settings).
-VISIBILITY_S = 15
 REDELIVERY_GOAL_S = 60.0
-CONCURRENCY = 8
 # Settings fields whose shipped defaults the default-settings measurement restores.
 DEFAULTS = {
     "visibility_timeout_s": "VOUCHERIFY_VISIBILITY_TIMEOUT_S",
@@ -58,63 +52,21 @@ DEFAULTS = {
 def test_sigkill_every_two_seconds(
     redis_url, namespace, remote_standin, make_process, chaos_events, chaos_report
 ):
-    standin = remote_standin
-    standin.set_latency(API_LATENCY_S)
-    env = chaos_env(
-        redis_url, namespace, standin.url,
-        VOUCHERIFY_VISIBILITY_TIMEOUT_S=str(VISIBILITY_S),
-        VOUCHERIFY_RESTORE_INTERVAL_S="1",
-    )
-    with (
-        scenario(env) as (producer, outcomes),
-        RedeliveryProbe(redis_url, outcomes.keys.unacked_index) as probe,
-    ):
-        workers = Workers(make_process, env, concurrency=CONCURRENCY)
-        ids = enqueue(producer, chaos_events)
-        workers.start("a")
-        workers.start("b")
-        budget = drain_budget_s(chaos_events, 0.04, 120)
-        deadline = time.monotonic() + budget
-        victims = ["a", "b"]
-        kills: list[tuple[float, float]] = []  # (just before SIGKILL, kill returned)
-        while time.monotonic() < deadline:
-            time.sleep(KILL_EVERY_S)
-            pending = outcomes.pending()
-            if pending["queued"] == 0 and pending["delayed"] == 0:
-                break  # the backlog is drained: stop killing, let the stranded come back
-            victim = victims[probe.kills % 2]
-            workers.wait_ready(victim)  # kill a consuming worker, not one still starting
-            before = time.time()
-            probe.killed(before)
-            workers.kill(victim)
-            kills.append((before, time.time()))
-            workers.start(victim, wait=False)
-        assert probe.kills >= 3, "the backlog drained before the kills began: proves nothing"
-
-        done = wait_until_accounted(
-            ids, standin, outcomes, deadline - time.monotonic(),
-            also=lambda: probe.outstanding() == 0,
-        )
-        wait_quiet(outcomes.redis, outcomes.settings, timeout=90)  # nothing left to send twice
-        received = standin.received()
-        report = account("sigkill every 2 s", ids, received, outcomes.dead_lettered_ids(),
-                         answer_lost=answer_not_in_ledger(received, workers.every_output()))
-        report.extra["200s answered within a kill window (timing estimate, for comparison)"] = sum(
-            1 for r in received if r.status == 200 and answer_during_kill(kills)(r))
-        report.extra["redelivery after SIGKILL"] = probe.summary()
-        report.extra["visibility timeout"] = f"{VISIBILITY_S} s, restore sweep every 1 s"
-        report.extra["resent because the API's 200 reached a worker being killed"] = (
-            f"{report.resent_answer_lost} in {len(kills)} kills "
-            f"({report.resent_answer_lost / max(1, len(kills)):.2f} per kill)"
-        )
-        chaos_report(report)
-        assert done, f"not all accounted for within {budget:.0f}s: {outcomes.pending()}"
-        report.check()
-        # A kill can only strand the requests its worker had in flight.
-        assert report.resent_answer_lost <= len(kills) * workers.concurrency, report.summary()
-        times = probe.times_s
-        assert times, "no killed worker held a message when it died: nothing was measured"
-        assert max(times) < REDELIVERY_GOAL_S, probe.summary()
+    budget = drain_budget_s(chaos_events, 0.04, 120)
+    run = run_kills("sigkill every 2 s (default policy: hold)", redis_url=redis_url,
+                    namespace=namespace, standin=remote_standin, make_process=make_process,
+                    events=chaos_events, budget_s=budget)
+    report = run.report
+    chaos_report(report)
+    assert run.kills >= 3, "the backlog drained before the kills began: proves nothing"
+    assert run.done, f"not all accounted for within {budget:.0f}s"
+    report.check()  # 0 lost, 0 recorded twice
+    assert set(run.dead_reasons) <= {"in_doubt"}, run.dead_reasons
+    # A kill can only leave in doubt the requests its worker had in flight.
+    assert report.held <= run.kills * CONCURRENCY, report.summary()
+    times = run.probe.times_s
+    assert times, "no killed worker held a message when it died: nothing was measured"
+    assert max(times) < REDELIVERY_GOAL_S, run.probe.summary()
 
 
 LATENCY_S = 0.3
@@ -149,9 +101,10 @@ def test_redelivery_after_sigkill_with_default_settings(
                                     also=lambda: probe.outstanding() == 0)
         wait_quiet(outcomes.redis, outcomes.settings, timeout=90)
         received = standin.received()
-        report = account("sigkill, default settings", ids, received,
-                         outcomes.dead_lettered_ids(),
-                         answer_lost=answer_not_in_ledger(received, workers.every_output()))
+        dead = outcomes.dead_lettered_ids()
+        held = [i for i in dead if (outcomes.dlq.get(i) or {}).get("reason") == "in_doubt"]
+        report = account("sigkill, default settings", ids, received, dead, held_ids=held,
+                         in_doubt=answer_not_in_ledger(received, workers.every_output()))
         window = answer_during_kill(kills, before_s=LATENCY_S + KILL_WINDOW_BEFORE_S)
         report.extra["200s answered within a kill window (timing estimate, for comparison)"] = sum(
             1 for r in received if r.status == 200 and window(r))

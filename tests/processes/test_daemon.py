@@ -156,7 +156,10 @@ def test_sigterm_finishes_in_flight_keeps_unstarted_and_loses_nothing(deployment
 @pytest.mark.slow
 def test_second_sigterm_ends_a_warm_shutdown_at_once(deployment, standin):
     latency_s = 4.0
-    dep = deployment(VOUCHERIFY_READ_TIMEOUT_S="6", VOUCHERIFY_VISIBILITY_TIMEOUT_S="24")
+    # Policy resend: the abandoned sends are resent (what this test pins down); the default
+    # policy would hold them as in_doubt (docs/reliability.md, tests/chaos/test_indoubt_kills.py).
+    dep = deployment(VOUCHERIFY_READ_TIMEOUT_S="6", VOUCHERIFY_VISIBILITY_TIMEOUT_S="24",
+                     VOUCHERIFY_IN_DOUBT="resend")
     ids = dep.enqueue(range(6))
     standin.set_latency(latency_s)
     worker = dep.worker(concurrency=2, name="worker-1")
@@ -197,7 +200,10 @@ def test_second_sigterm_ends_a_warm_shutdown_at_once(deployment, standin):
 @pytest.mark.slow
 def test_stop_bound_ends_a_warm_shutdown_stuck_on_a_hung_redis(deployment, standin,
                                                                private_redis):
-    dep = deployment(VOUCHERIFY_READ_TIMEOUT_S="3", VOUCHERIFY_VISIBILITY_TIMEOUT_S="17")
+    # Policy resend: the sends abandoned by the cold stop are resent, so every event ends in
+    # the ledger (the default would hold them as in_doubt).
+    dep = deployment(VOUCHERIFY_READ_TIMEOUT_S="3", VOUCHERIFY_VISIBILITY_TIMEOUT_S="17",
+                     VOUCHERIFY_IN_DOUBT="resend")
     bound_s = stop_timeout_s(dep.settings)  # 1 + 3 + 2 + slack
     ids = dep.enqueue(range(4))
     standin.set_latency(2.0)

@@ -181,7 +181,8 @@ def test_stats_counts_by_reason_and_status_and_oldest_age(dlq, redis_client):
     stats = dlq.stats(now_s=T0 + 100)
     assert stats["total"] == 7
     assert stats["by_reason"] == {"invalid": 1, "rejected": 4, "retries_exhausted": 0,
-                                  "quota_exhausted": 2, "auth": 0, "internal": 0}
+                                  "quota_exhausted": 2, "auth": 0, "internal": 0,
+                                  "in_doubt": 0}
     assert stats["by_status"] == {"400": 4, "402": 2, "none": 1}
     assert stats["oldest"] == {"id": "ev-00000", "last_failed_at": "2023-11-14T22:13:20.000Z",
                                "age_s": 100.0}
@@ -405,7 +406,7 @@ def test_cli_stats_json_shape(cli, dlq):
     _seed(dlq, [_entry(n) for n in range(3)] + [_entry(3, reason="auth", status=401)])
     data = json.loads(cli("stats", "--json").stdout)
     assert set(data) == {"total", "by_reason", "by_status", "by_reason_status", "oldest",
-                         "newest", "counts_exact", "retention"}
+                         "newest", "counts_exact", "retention", "in_doubt"}
     assert data["total"] == 4 and data["by_reason"]["auth"] == 1
     assert set(data["by_reason"]) == set(REASONS)
     assert data["by_status"] == {"401": 1, "503": 3}

@@ -106,7 +106,9 @@ def test_429_retry_after_is_respected(standin, producer, start_worker):
 def test_stall_past_read_timeout_is_retried(standin, producer, start_worker):
     standin.plan(stall(3.5))  # the worker's read timeout is 2 s in these tests
     event_id = producer.enqueue_event(_event(4))
-    start_worker()
+    # Policy resend: sent again blind (the default holds an in-doubt send: tests/processes/
+    # test_indoubt.py).
+    start_worker(VOUCHERIFY_IN_DOUBT="resend")
     # The stalled request is answered (too late for the client) and so is the retry: like the
     # real API, the stand-in cannot know the client gave up, so both arrive.
     assert standin.wait_for_received(2, timeout=40)
@@ -118,7 +120,7 @@ def test_stall_past_read_timeout_is_retried(standin, producer, start_worker):
 def test_dropped_connection_is_retried(standin, producer, start_worker):
     standin.plan(drop())
     producer.enqueue_event(_event(5))
-    start_worker()
+    start_worker(VOUCHERIFY_IN_DOUBT="resend")  # a drop after the body went out is in doubt
     assert standin.wait_for_delivered(1, timeout=30)
     assert len(standin.received()) == 2
 

@@ -23,8 +23,10 @@ import structlog
 from voucherify_ingest.cli.common import EXIT_FAILURE, echo_json, load_settings, setup
 from voucherify_ingest.deadletters import REASONS, DeadLetterQueue
 from voucherify_ingest.errors import IngestError
+from voucherify_ingest.indoubt import outcome_counts
 from voucherify_ingest.keys import Keys
 from voucherify_ingest.redis_conn import broker_unavailable, make_redis
+from voucherify_ingest.stats import StatsRecorder
 
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -241,6 +243,9 @@ def stats_command(recount, as_json):
         if recount:
             dlq.recount()
         stats = dlq.stats()
+        counters = dlq.redis.hgetall(StatsRecorder(settings.key_prefix).counters_key)
+    stats["in_doubt"] = outcome_counts(
+        {k.decode() if isinstance(k, bytes) else k: int(v) for k, v in counters.items()})
     stats["retention"] = {"max_age_s": settings.dlq_max_age_s, "max_len": settings.dlq_max_len}
     if as_json:
         echo_json(stats)
@@ -256,6 +261,11 @@ def stats_command(recount, as_json):
     if stats["by_status"]:
         click.echo("\n" + _table(["STATUS", "COUNT"],
                                  [[s, f"{n:,}"] for s, n in stats["by_status"].items()]))
+    doubt = stats["in_doubt"]
+    if any(doubt.values()):
+        click.echo("\nin-doubt sends settled (lifetime counters; held ones are reason in_doubt, "
+                   "`dlq replay --reason in_doubt` sends them):")
+        click.echo(_table(["OUTCOME", "COUNT"], [[k, f"{v:,}"] for k, v in doubt.items()]))
     if not stats["counts_exact"]:
         click.echo("\nnote: status counts disagree with the total; run `dlq stats --recount`")
     keep = settings.dlq_max_age_s or settings.dlq_max_len

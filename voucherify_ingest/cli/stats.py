@@ -52,6 +52,15 @@ def render(snap: FlowSnapshot) -> str:
         f"  deferred {snap.totals['deferred']}  duplicates avoided "
         f"{snap.totals['duplicates_avoided']}  429s {snap.totals['http_429']}",
     ]
+    doubt = snap.in_doubt
+    if any(doubt.values()):
+        lines.append(
+            f"  in doubt        held {doubt.get('held', 0)}  verified delivered "
+            f"{doubt.get('verified_delivered', 0)}  verified absent+resent "
+            f"{doubt.get('verified_absent_resent', 0)}  lookup failed "
+            f"{doubt.get('lookup_failed', 0)}  resent {doubt.get('resent', 0)}  "
+            f"({doubt.get('lookups', 0)} lookups)"
+        )
     lat = snap.latency
     if lat["count"]:
         lines.append(

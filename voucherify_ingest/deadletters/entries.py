@@ -17,7 +17,10 @@ from typing import Any
 from voucherify_ingest.timefmt import iso_utc as iso_ms
 
 # internal: a bug or an unexpected error inside the worker (worker/internal_errors.py).
-REASONS = ("invalid", "rejected", "retries_exhausted", "quota_exhausted", "auth", "internal")
+# in_doubt: the request may have reached the API and no outcome was recorded (worker died,
+# read timeout, connection broke after the body was sent): held for an operator to check.
+REASONS = ("invalid", "rejected", "retries_exhausted", "quota_exhausted", "auth", "internal",
+           "in_doubt")
 HOSTNAME = socket.gethostname()
 
 
@@ -39,8 +42,10 @@ def make_entry(
     attempts: int = 0,
     enqueued_at: str | None = None,
     now_s: float | None = None,
+    in_doubt: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Build a dead-letter entry (plain dict, JSON-ready)."""
+    """Build a dead-letter entry (plain dict, JSON-ready). ``in_doubt``: the evidence of an
+    in-doubt send (sent at, by which worker, what happened), kept beside the error."""
     if reason not in REASONS:
         raise ValueError(f"unknown dead-letter reason {reason!r}")
     now = time.time() if now_s is None else now_s
@@ -65,6 +70,7 @@ def make_entry(
         "last_failed_ts": round(now, 3),
         "worker_host": HOSTNAME,
         "payload": payload,
+        **({"in_doubt": dict(in_doubt)} if in_doubt else {}),
     }
 
 
@@ -83,6 +89,7 @@ def export_record(entry: dict[str, Any]) -> dict[str, Any]:
             "first_enqueued_at": entry.get("first_enqueued_at"),
             "last_failed_at": entry.get("last_failed_at"),
             "worker_host": entry.get("worker_host"),
+            **({"in_doubt": entry["in_doubt"]} if entry.get("in_doubt") else {}),
         },
     }
 

@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 from voucherify_ingest.jsoncodec import dumps_text as _dumps
+from voucherify_ingest.standin.activity import activity_customer
 from voucherify_ingest.standin.oauth import OAUTH_TOKEN_PATH
 from voucherify_ingest.standin.records import Received
 from voucherify_ingest.standin.wire import (
@@ -102,7 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self._read_body()
         if raw is None:
             return
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
         standin = self.server.standin
         if path == OAUTH_TOKEN_PATH and method == "POST":
             self._oauth_token(standin, raw)
@@ -111,6 +112,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._events(standin, raw)
             else:
                 self._send(405, error_body(405, f"{method} is not allowed"), {"Allow": "POST"})
+        elif method == "GET" and (ref := activity_customer(path)) is not None:
+            self._activity(standin, ref, query)
         elif path.startswith(CONTROL_PREFIX):
             self._control(standin, method, path[len(CONTROL_PREFIX) :], raw)
         else:
@@ -156,8 +159,6 @@ class _Handler(BaseHTTPRequestHandler):
         body, valid, errors, checked = _inspect(raw)
         pair_ok = app_id == standin.app_id and token == standin.app_token
         verdict = standin._decide(pair_ok or standin.tokens.valid(low.get("authorization")))
-        if verdict.delay_s > 0:
-            standin._stopping.wait(verdict.delay_s)  # stop() wakes stalled handlers
         status, out = verdict.status, verdict.body
         if verdict.drop:
             status = 0
@@ -175,6 +176,10 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 why = "; ".join(errors[:5]) if is_json else "Content-Type must be application/json"
                 status, out, verdict.outcome = 400, error_body(400, why), "invalid_payload"
+        if status == 200 and out is not None and verdict.garbage is None:
+            standin._record_activity(body, out, at)  # processed now, however late the answer
+        if verdict.delay_s > 0:
+            standin._stopping.wait(verdict.delay_s)  # stop() wakes stalled handlers
         standin._record(
             Received(
                 at=at,
@@ -211,6 +216,15 @@ class _Handler(BaseHTTPRequestHandler):
             return
         status, answer = standin.tokens.issue(raw, standin.app_id)
         self._send(status, answer, {"Cache-Control": "no-store"})
+
+    def _activity(self, standin: StandIn, ref: str, query: str) -> None:
+        low = {k.lower(): v for k, v in self.headers.items()}
+        authed = (low.get("x-app-id"), low.get("x-app-token")) == (
+            standin.app_id, standin.app_token)
+        status, body, delay_s = standin._lookup(ref, query, authed)
+        if delay_s > 0:
+            standin._stopping.wait(delay_s)
+        self._send(status, body if status == 200 else {**error_body(status), **(body or {})})
 
     def _send_garbage(self, kind: str, headers: dict) -> None:
         if kind == "truncated_json":

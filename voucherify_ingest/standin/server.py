@@ -9,6 +9,7 @@ import threading
 import time
 
 from voucherify_ingest.standin.actions import _check_action
+from voucherify_ingest.standin.activity import ActivityLog
 from voucherify_ingest.standin.handler import _Handler, _Server, _Server6
 from voucherify_ingest.standin.oauth import TokenIssuer
 from voucherify_ingest.standin.records import Received, _Verdict
@@ -48,6 +49,8 @@ class StandIn:
             self._tat = 0.0  # GCRA theoretical arrival time, on time.monotonic()
             self._refuse: tuple[float, int | None] | None = None
             self._too_many = 0
+            self._activity_ctl = {"lag_s": 0.0, "fail": None, "stall_s": 0.0}
+            self._activities = ActivityLog()
         with self._cond:
             self._records: list[Received] = []
             self._delivered_n = 0
@@ -105,6 +108,34 @@ class StandIn:
                 self._delivered_n += 1
             self._cond.notify_all()
 
+    def _record_activity(self, request, answer: dict, at: float) -> None:
+        with self._ctl:
+            lag_s, log = self._activity_ctl["lag_s"], self._activities
+        if isinstance(request, dict):
+            log.record(request, answer, at, lag_s)
+
+    def _lookup(self, ref: str, query: str, authed: bool) -> tuple[int, dict | None, float]:
+        """One List Customer Activity call: (status, body, seconds to stall first)."""
+        with self._ctl:
+            ctl, log = dict(self._activity_ctl), self._activities
+        if not authed:
+            log.lookups += 1
+            return 401, None, 0.0
+        if ctl["fail"]:
+            log.lookups += 1
+            return int(ctl["fail"]), None, ctl["stall_s"]
+        status, body = log.page(ref, query)
+        return status, body, ctl["stall_s"]
+
+    def set_activity(self, lag_s: float = 0.0, fail: int | None = None,
+                     stall_s: float = 0.0) -> None:
+        """List Customer Activity: new activities visible ``lag_s`` after their event;
+        ``fail`` answers every lookup with that status; ``stall_s`` delays every answer."""
+        with self._ctl:
+            self._activity_ctl = {"lag_s": max(0.0, float(lag_s)),
+                                  "fail": int(fail) if fail else None,
+                                  "stall_s": max(0.0, float(stall_s))}
+
     def received(self) -> list[Received]:
         with self._cond:
             return list(self._records)
@@ -141,6 +172,8 @@ class StandIn:
             "schema_invalid": sum(1 for r in records if not r.schema_valid),
             "too_many": self.too_many_count(),
             "tokens_issued": self.tokens.issued,
+            "lookups": self._activities.lookups,
+            "activities": self._activities.count(),
         }
 
     def reset(self) -> None:
@@ -222,6 +255,7 @@ class StandIn:
                 "rate_limit": self._rate,
                 "refusing_for_s": refuse_s,
                 "plan": list(self._plan),
+                "activity": dict(self._activity_ctl),
             }
 
     def configure(self, changes: dict) -> None:
@@ -246,6 +280,7 @@ class StandIn:
             "plan": lambda v: self.plan(*v),
             "token_lifetime_s": self.tokens.set_lifetime,
             "revoke_tokens": lambda v: self.tokens.revoke_all() if v else None,
+            "activity": lambda v: self.set_activity(**(v or {})),
         }
         if not isinstance(changes, dict) or set(changes) - set(handlers):
             raise ValueError(f"config keys must be among {sorted(handlers)}")
