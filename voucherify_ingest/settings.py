@@ -100,6 +100,14 @@ class Settings:
         default=5.0, metadata={"env": "VOUCHERIFY_RATE_LIMIT_MAX_WAIT_S"}
     )
 
+    # Lanes and the rate reserve (docs/lanes-and-rate-limit.md): calls per window kept unspent
+    # for other clients of the same project ("20%" or "20/min"; "" keeps none), and the least
+    # share of the rate the bulk lane gets while live events want every slot ("" = strict).
+    rate_reserve: str = field(default="", metadata={"env": "VOUCHERIFY_RATE_RESERVE"})
+    lane_bulk_min_share: str = field(
+        default="", metadata={"env": "VOUCHERIFY_LANE_BULK_MIN_SHARE"}
+    )
+
     # Producers
     max_payload_bytes: int = field(
         default=64 * 1024, metadata={"env": "VOUCHERIFY_MAX_PAYLOAD_BYTES"}
@@ -187,9 +195,11 @@ class Settings:
             raise ConfigError("VOUCHERIFY_LOG_FORMAT must be auto, json or console")
         if self.backoff_max_s < self.backoff_base_s:
             raise ConfigError("VOUCHERIFY_BACKOFF_MAX_S must be >= VOUCHERIFY_BACKOFF_BASE_S")
-        from voucherify_ingest.rates import parse_rate_limit
+        from voucherify_ingest.rates import parse_rate_limit, parse_share, reserve_fraction
 
-        parse_rate_limit(self.rate_limit)  # ConfigError naming VOUCHERIFY_RATE_LIMIT
+        limit = parse_rate_limit(self.rate_limit)  # ConfigError naming VOUCHERIFY_RATE_LIMIT
+        reserve_fraction(self.rate_reserve, limit)  # ConfigError naming VOUCHERIFY_RATE_RESERVE
+        parse_share(self.lane_bulk_min_share, name="VOUCHERIFY_LANE_BULK_MIN_SHARE")
 
     def require_credentials(self) -> None:
         """Raise :class:`ConfigError` naming each missing credential variable."""

@@ -33,56 +33,106 @@ from typing import Any
 import redis
 import structlog
 
+from voucherify_ingest.lanes import BULK, LIVE
 from voucherify_ingest.rates import (  # noqa: F401 - re-exported for the limiter's callers
     ENV_NAME,
     OFF_VALUES,
     RateLimit,
     limiter_key,
     parse_rate_limit,
+    parse_share,
+    reserve_fraction,
 )
 
 DEFAULT_COOLDOWN_S = 5.0  # a 429 that names no time: pause this long
 MAX_COOLDOWN_S = 3600.0  # never trust a header to pause us longer than the Sandbox hour
 MIN_LATE_TOLERANCE_S = 0.01
+MIN_BULK_HORIZON_S = 0.02  # bulk may hold a slot this far ahead at least (thread wake-ups)
+BULK_STARVED_LOG_S = 10.0  # bulk refused this long: say so (once per starvation)
 
 
-# ACQUIRE: take the next slot if it is within max_wait, else a place in line (nothing taken).
+# ACQUIRE: take the next slot if it is within reach, else a place in line (nothing taken).
 #   KEYS[1] = {p}:rl:{h}           TAT: theoretical arrival time, epoch microseconds
 #   KEYS[2] = {p}:rl:{h}:cooldown  no slot before this epoch microsecond (set after a 429)
 #   KEYS[3] = {p}:rl:{h}:parked    the place in line given to the last caller told to park
+#   KEYS[4] = {p}:rl:{h}:bulkline  the place in line given to the last bulk caller told to wait
+#   KEYS[5] = {p}:rl:{h}:credit    bulk's minimum-share credit (slots it may take like live)
+#   KEYS[6] = {p}:rl:{h}:starved   epoch us since when bulk callers have been refused
+#   KEYS[7] = {p}:rl:{h}:reserve   no slot before this epoch microsecond (the rate reserve)
 #   ARGV[1] = emission interval T, microseconds (period / count)
 #   ARGV[2] = burst tolerance tau = T * (burst - 1), microseconds
 #   ARGV[3] = max wait, microseconds
-# Returns {granted (1|0), wait_us, now_us}. granted: the slot is now + wait_us and is taken.
-# Not granted: nothing taken; wait_us is how far away the caller's place in line is.
-# A slot is at max(now, TAT - tau); taking it moves TAT on by T. A cool-down pins TAT to
-# cooldown + tau: the first slot after it is at its end and the rest follow at pace T (no burst).
-# Numbers stay below 2^53 (exact in Lua's doubles); '%.0f' writes them without an exponent.
+#   ARGV[4] = lane: 0 live, 1 bulk
+#   ARGV[5] = bulk horizon, microseconds: the furthest ahead a bulk caller may hold a slot
+#   ARGV[6] = bulk credit earned per live slot while bulk is refused (0: strict priority)
+# Returns {granted (1|0), wait_us, now_us, starved_since_us}. granted: the slot is now + wait_us
+# and is taken. Not granted: nothing taken; wait_us is how far away the caller's place in line
+# is (bulk: when to try again). A slot is at max(now, TAT - tau); taking it moves TAT on by T.
+# A cool-down pins TAT to cooldown + tau: the first slot after it is at its end and the rest
+# follow at pace T (no burst). Live takes any slot within max wait; bulk only one within the
+# horizon (about one interval), so a live caller arriving now finds the next slot or the one
+# after it free, ahead of every bulk event not yet sent, and bulk still fills every slot no live
+# caller wants. Numbers stay below 2^53 (exact in Lua's doubles); '%.0f' writes them whole.
 ACQUIRE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local tau = tonumber(ARGV[2])
 local max_wait = tonumber(ARGV[3])
-local state = redis.call('MGET', KEYS[1], KEYS[2])
+local bulk = tonumber(ARGV[4]) == 1
+local state = redis.call('MGET', KEYS[1], KEYS[2], KEYS[7])
 local tat = tonumber(state[1] or 0)
 if tat < now then tat = now end
 local cool = tonumber(state[2] or 0)
+local held = tonumber(state[3] or 0)
+if held > cool then cool = held end
 if cool > tat - tau then tat = cool + tau end
 local slot = tat - tau
 if slot < now then slot = now end
 local wait = slot - now
-if wait <= max_wait then
+local reach = max_wait
+local credit = 0
+if bulk then
+  reach = tonumber(ARGV[5])
+  if reach > max_wait then reach = max_wait end
+  if wait > reach and wait <= max_wait then
+    credit = tonumber(redis.call('GET', KEYS[5]) or 0)
+    if credit >= 1 then reach = max_wait end
+  end
+end
+if wait <= reach then
   local new_tat = tat + interval
   local ttl_ms = math.ceil((new_tat - now) / 1000) + 1000
   redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl_ms)
-  return {1, wait, now}
+  if bulk then
+    redis.call('DEL', KEYS[6])
+    if credit >= 1 then redis.call('SET', KEYS[5], tostring(credit - 1), 'PX', 60000) end
+  else
+    local share = tonumber(ARGV[6])
+    if share > 0 and redis.call('EXISTS', KEYS[6]) == 1 then
+      local c = tonumber(redis.call('GET', KEYS[5]) or 0) + share
+      if c > 1 + share then c = 1 + share end
+      redis.call('SET', KEYS[5], tostring(c), 'PX', 60000)
+    end
+  end
+  return {1, wait, now, 0}
+end
+if bulk then
+  local since = tonumber(redis.call('GET', KEYS[6]) or 0)
+  if since == 0 then since = now end
+  redis.call('SET', KEYS[6], string.format('%.0f', since), 'PX', 10000)
+  local place = tonumber(redis.call('GET', KEYS[4]) or 0) + interval
+  if place < slot - reach then place = slot - reach end
+  if place < now then place = now end
+  redis.call('SET', KEYS[4], string.format('%.0f', place),
+    'PX', math.ceil((place - now) / 1000) + 1000)
+  return {0, place - now, now, since}
 end
 local place = tonumber(redis.call('GET', KEYS[3]) or 0) + interval
 if place < slot then place = slot end
 local ttl_ms = math.ceil((place - now) / 1000) + 1000
 redis.call('SET', KEYS[3], string.format('%.0f', place), 'PX', ttl_ms)
-return {0, place - now, now}
+return {0, place - now, now, 0}
 """
 
 # COOL_DOWN: after a 429, no slot before now + ARGV[1] (a longer cool-down already set stays).
@@ -99,12 +149,16 @@ redis.call('SET', KEYS[1], string.format('%.0f', want), 'PX', ttl_ms)
 return {want - now, 1}
 """
 
-# PAUSED_FOR: microseconds of shared cool-down left (0 when none).
-#   KEYS[1] = {p}:rl:{h}:cooldown
+# PAUSED_FOR: microseconds of shared cool-down (or reserve pause) left (0 when none).
+#   KEYS[1] = {p}:rl:{h}:cooldown   KEYS[2] = {p}:rl:{h}:reserve (optional)
 PAUSED_FOR_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local cur = tonumber(redis.call('GET', KEYS[1]) or 0)
+if KEYS[2] then
+  local held = tonumber(redis.call('GET', KEYS[2]) or 0)
+  if held > cur then cur = held end
+end
 if cur > now then return cur - now end
 return 0
 """
@@ -135,19 +189,34 @@ class RateLimiter:
         {p}:rl:{h}            string  GCRA theoretical arrival time, epoch microseconds
         {p}:rl:{h}:cooldown   string  shared cool-down after a 429, until epoch microseconds
         {p}:rl:{h}:parked     string  place in line of the last caller told to park
+        {p}:rl:{h}:bulkline   string  place in line of the last bulk caller told to wait
+        {p}:rl:{h}:credit     string  bulk's minimum-share credit (only with a share)
+        {p}:rl:{h}:starved    string  since when bulk callers have been refused
+        {p}:rl:{h}:reserve    string  reserve pause (VOUCHERIFY_RATE_RESERVE) until
 
     Each key expires on its own once it no longer constrains anything, so an idle project
     leaves nothing behind. Workers share a budget when they share Redis, the key prefix, the
     app id and the API base URL. One instance per process, shared by its threads.
     """
 
-    def __init__(self, client: redis.Redis, limit: RateLimit, *, key: str):
+    def __init__(
+        self, client: redis.Redis, limit: RateLimit, *, key: str, reserve: str = "",
+        bulk_min_share: float = 0.0,
+    ):
         self.redis = client
         self.configured = limit
         self.limit = limit
         self.key = key
         self.cooldown_key = f"{key}:cooldown"
         self.parked_key = f"{key}:parked"
+        self.bulkline_key = f"{key}:bulkline"
+        self.credit_key = f"{key}:credit"
+        self.starved_key = f"{key}:starved"
+        self.reserve_key = f"{key}:reserve"
+        self.reserve_spec = reserve  # VOUCHERIFY_RATE_RESERVE: "20%", "20/min" or ""
+        # Bulk's credit per live slot while bulk waits: share s of the slots is s/(1-s) per live.
+        self.bulk_credit = bulk_min_share / (1 - bulk_min_share) if bulk_min_share else 0.0
+        self._starved_logged = False
         self._acquire = client.register_script(ACQUIRE_LUA)
         self._cool_down = client.register_script(COOL_DOWN_LUA)
         self._paused_for = client.register_script(PAUSED_FOR_LUA)
@@ -161,37 +230,70 @@ class RateLimiter:
         if limit is None:
             return None
         key = limiter_key(settings.key_prefix, settings.app_id, settings.api_base)
-        return cls(client, limit, key=key)
+        return cls(client, limit, key=key, reserve=settings.rate_reserve,
+                   bulk_min_share=parse_share(settings.lane_bulk_min_share,
+                                              name="VOUCHERIFY_LANE_BULK_MIN_SHARE"))
 
     # -- taking slots -------------------------------------------------------------------------
 
-    def reserve(self, max_wait_s: float) -> Grant:
+    @property
+    def reserve_fraction(self) -> float:
+        """The share of the limit kept for other clients (``VOUCHERIFY_RATE_RESERVE``)."""
+        return reserve_fraction(self.reserve_spec, self.limit)
+
+    @property
+    def pace_interval_s(self) -> float:
+        """The fleet's own pace: the limit less the reserve."""
+        return self.limit.interval_s / (1.0 - self.reserve_fraction)
+
+    def reserve(self, max_wait_s: float, lane: str = LIVE) -> Grant:
         """One round trip to the ACQUIRE script (see above it for the arithmetic)."""
         limit = self.limit
-        interval_us = math.ceil(limit.interval_s * 1_000_000)
+        interval_us = math.ceil(self.pace_interval_s * 1_000_000)
         tau_us = interval_us * (limit.burst - 1)
         max_wait_us = max(0, int(max_wait_s * 1_000_000))
-        granted, wait_us, now_us = self._acquire(
-            keys=[self.key, self.cooldown_key, self.parked_key],
-            args=[interval_us, tau_us, max_wait_us],
+        horizon_us = max(interval_us, int(MIN_BULK_HORIZON_S * 1_000_000))
+        granted, wait_us, now_us, starved_us = self._acquire(
+            keys=[self.key, self.cooldown_key, self.parked_key, self.bulkline_key,
+                  self.credit_key, self.starved_key, self.reserve_key],
+            args=[interval_us, tau_us, max_wait_us, 1 if lane == BULK else 0, horizon_us,
+                  repr(self.bulk_credit)],
         )
+        if lane == BULK:
+            self._note_starvation(int(starved_us), int(now_us))
         return Grant(bool(granted), int(wait_us) / 1e6, int(now_us) / 1e6)
 
-    def acquire(self, max_wait_s: float) -> tuple[bool, float]:
+    def _note_starvation(self, since_us: int, now_us: int) -> None:
+        """Log once when bulk has had no slot for a while (live events take them all)."""
+        if not since_us:
+            if self._starved_logged:
+                self.log.info("bulk_lane_resumed")
+            self._starved_logged = False
+            return
+        starved_s = (now_us - since_us) / 1e6
+        if starved_s >= BULK_STARVED_LOG_S and not self._starved_logged:
+            self._starved_logged = True
+            self.log.warning(
+                "bulk_lane_starved", starved_s=round(starved_s, 1),
+                message="live events have taken every rate-limit slot; bulk events wait "
+                "(set VOUCHERIFY_LANE_BULK_MIN_SHARE to give bulk a minimum share)",
+            )
+
+    def acquire(self, max_wait_s: float, lane: str = LIVE) -> tuple[bool, float]:
         """``(True, wait)``: the slot is ``wait`` seconds away (:meth:`wait_for_slot` sleeps
         and re-checks). ``(False, park)``: nothing taken; park the event ``park`` seconds.
 
         A parked event is told to come back half of ``max_wait_s`` before its place in line,
         so that its slot is then most likely within reach."""
-        grant = self.reserve(max_wait_s)
+        grant = self.reserve(max_wait_s, lane)
         if grant.granted:
             return True, grant.wait_s
         return False, max(0.0, grant.wait_s - max_wait_s / 2)
 
     def paused_for(self) -> float:
-        """Seconds of shared cool-down left. Call it after sleeping for a slot: a 429 seen by
-        another worker meanwhile means this slot must not be used."""
-        return int(self._paused_for(keys=[self.cooldown_key])) / 1e6
+        """Seconds of shared cool-down (or reserve pause) left. Call it after sleeping for a
+        slot: a 429 seen by another worker meanwhile means this slot must not be used."""
+        return int(self._paused_for(keys=[self.cooldown_key, self.reserve_key])) / 1e6
 
     @property
     def late_tolerance_s(self) -> float:
@@ -200,7 +302,9 @@ class RateLimiter:
         limit allows anyway; the other half is left for the way from here to the wire."""
         return max(self.limit.interval_s * self.limit.burst / 2, MIN_LATE_TOLERANCE_S)
 
-    def wait_for_slot(self, max_wait_s: float, sleep=time.sleep) -> float | None:
+    def wait_for_slot(
+        self, max_wait_s: float, sleep=time.sleep, lane: str = LIVE
+    ) -> float | None:
         """Take a slot and sleep until it: None means send now; a number means do not send,
         park the event that many seconds (no slot within ``max_wait_s``, or a cool-down began
         while we slept).
@@ -208,10 +312,18 @@ class RateLimiter:
         Waking late (a stalled host, CPU starvation, a GC pause) would send this slot on top of
         the next ones and crowd the API's window, so a slot missed by more than
         :attr:`late_tolerance_s` is left unused and a fresh one taken within what is left of
-        ``max_wait_s`` (the message stays unacknowledged no longer than that bound)."""
+        ``max_wait_s`` (the message stays unacknowledged no longer than that bound).
+
+        A ``bulk`` caller is refused slots further ahead than about one interval; it sleeps
+        until its place in the bulk line and asks again, within the same bound, so that a live
+        caller arriving meanwhile is served first."""
         budget_s = max_wait_s
         while True:
-            grant = self.reserve(budget_s)
+            grant = self.reserve(budget_s, lane)
+            if not grant.granted and lane == BULK and grant.wait_s < budget_s:
+                sleep(grant.wait_s)
+                budget_s -= grant.wait_s
+                continue
             if not grant.granted:
                 return max(0.0, grant.wait_s - max_wait_s / 2)
             if grant.wait_s <= 0:
@@ -253,8 +365,37 @@ class RateLimiter:
                              limit=str(self.limit))
         return left_s
 
+    def keep_reserve(self, hints: Any) -> float:
+        """Keep ``VOUCHERIFY_RATE_RESERVE`` unspent: when ``X-Rate-Limit-Remaining`` is below
+        the reserve's share of ``X-Rate-Limit-Limit`` (other clients of the project spent
+        more than they were left), every worker pauses until the API's window has refilled
+        the difference at the limit's pace. Returns the pause begun (0 when none). Never
+        raises: the send itself went through."""
+        fraction = self.reserve_fraction
+        remaining = getattr(hints, "remaining", None)
+        api_limit = getattr(hints, "limit", None)
+        if not fraction or remaining is None or not api_limit or api_limit <= 0:
+            return 0.0
+        keep = math.ceil(fraction * api_limit)
+        if remaining >= keep:
+            return 0.0
+        pause_s = min((keep - remaining) * self.limit.period_s / api_limit, MAX_COOLDOWN_S)
+        try:
+            left_us, moved = self._cool_down(
+                keys=[self.reserve_key], args=[int(pause_s * 1_000_000)]
+            )
+        except redis.RedisError as exc:
+            self.log.warning("rate_reserve_pause_not_stored", error=type(exc).__name__)
+            return 0.0
+        if moved:
+            self.log.info("rate_reserve_pause", pause_s=round(int(left_us) / 1e6, 3),
+                          remaining=remaining, keep=keep, api_limit=api_limit)
+        return pause_s
+
     def observe(self, hints: Any) -> None:
         """Read the rate-limit headers of a successful answer. Never raises.
+
+        - Below the reserve (``VOUCHERIFY_RATE_RESERVE``): a shared pause, :meth:`keep_reserve`.
 
         - ``X-Rate-Limit-Remaining: 0`` with an ``X-Rate-Limit-Retry`` in the future: the API's
           budget is spent (something else shares the project, or the plan is smaller), so the
@@ -263,6 +404,7 @@ class RateLimiter:
           Voucherify states plan limits per minute (per hour for the Sandbox and older plans),
           so the header is compared only with a limit given per minute or per hour, in that
           unit; a per-second limit is taken as exact (dedicated clusters, tests)."""
+        self.keep_reserve(hints)
         retry_at = getattr(hints, "retry_at_epoch_s", None)
         if getattr(hints, "remaining", None) == 0 and retry_at and retry_at > time.time():
             try:

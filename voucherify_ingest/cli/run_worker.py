@@ -10,6 +10,7 @@ import structlog
 from celery import signals
 
 from voucherify_ingest.cli.common import load_settings
+from voucherify_ingest.lanes import LANES, lane_queue
 from voucherify_ingest.logs import configure_logging
 from worker import kombu_fix
 from worker.app import create_app
@@ -69,7 +70,7 @@ def worker_command(concurrency, pool, hostname, celery_args):
 
     argv = [
         "worker",
-        "--queues", settings.queue,
+        "--queues", ",".join(lane_queue(settings.queue, lane) for lane in LANES),
         "--pool", settings.worker_pool,
         "--concurrency", str(settings.worker_concurrency),
         "--hostname", node,
