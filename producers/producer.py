@@ -157,9 +157,9 @@ class Producer:
                 return
             raise broker_unavailable(self.settings.redis_url, exc) from None
 
-    def queue_length(self) -> int:
+    def queue_length(self, lane: str = LIVE) -> int:
         try:
-            return int(self._redis.llen(self.queue))
+            return int(self._redis.llen(self.lane_queue(lane)))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise broker_unavailable(self.settings.redis_url, exc) from None
 
