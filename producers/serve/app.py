@@ -12,6 +12,9 @@ schema (400, or 413 for an event over ``VOUCHERIFY_MAX_PAYLOAD_BYTES``), then th
 (503 with ``Retry-After`` when Redis does not confirm it). 200 means the event is in Redis,
 or, when ``VOUCHERIFY_SPOOL_DIR`` is set, fsync'd in the producer's spool
 (``producers/spool.py``), which drains to Redis once it answers again.
+
+The optional header ``X-Ingest-Lane: bulk`` puts the event on the bulk lane (default live;
+an unknown lane is a 400); bulk events are never spooled.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from voucherify_ingest.errors import (
     format_messages,
 )
 from voucherify_ingest.events import fast_validate, validate_event
+from voucherify_ingest.lanes import LIVE, UnknownLane, check_lane, lane_queue
 from voucherify_ingest.messages import event_message
 from voucherify_ingest.redis_conn import make_redis
 from voucherify_ingest.settings import Settings
@@ -55,6 +59,7 @@ BODY_SLACK_FACTOR = 2
 
 #: A caller may choose the event id (a retry with the same id is delivered once: the ledger).
 _EVENT_ID_REQUEST = EVENT_ID_HEADER
+_LANE_REQUEST = b"x-ingest-lane"  # optional: live (default) or bulk
 _JSON = b"application/json"
 _CLOSE = (b"connection", b"close")
 _OK_HEALTH = b'{"status":"ok"}'
@@ -81,6 +86,7 @@ class IngestApp:
         # Only stamp() is used: the LPUSH is ours (async, batched).
         self.producer = Producer(settings.replace(spool_dir=""), client=_NoSyncClient())
         self.pusher = pusher or BatchPusher(make_async_redis(settings), settings.queue)
+        self.lane_pushers: dict[str, BatchPusher] = {}  # other lanes', made on first use
         self.spool = None
         if settings.spool_dir:  # its fsync'd appends run in a thread, off the event loop
             from producers.spool import Spool
@@ -119,6 +125,8 @@ class IngestApp:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.pusher.close()
+                for other in self.lane_pushers.values():
+                    await other.close()
                 self.log.info(
                     "serve_pushed", events=self.pusher.pushed, round_trips=self.pusher.batches,
                     answered_503=self.unavailable, pid=os.getpid(),
@@ -143,7 +151,7 @@ class IngestApp:
         return _error(404, f"no route for {method} {path[:200]}")
 
     async def _events(self, scope: dict, receive: Any) -> Response:
-        content_type = app_id = app_token = authorization = event_id = length = None
+        content_type = app_id = app_token = authorization = event_id = length = lane = None
         for name, value in scope["headers"]:  # a loop beats a dict of them: most are skipped
             if name == b"content-type":
                 content_type = value
@@ -157,6 +165,8 @@ class IngestApp:
                 authorization = value
             elif name == _EVENT_ID_REQUEST:
                 event_id = value
+            elif name == _LANE_REQUEST:
+                lane = value
         caller = self.auth.identify(app_id, app_token, authorization)
         if caller is None:
             return _error(401, "send X-App-Id and X-App-Token (or Authorization: Bearer) "
@@ -166,6 +176,13 @@ class IngestApp:
             if wait_s:
                 after = b"%d" % CallerRateLimit.retry_after(wait_s)
                 return _error(429, None, (b"retry-after", after))
+        if lane is not None:
+            try:
+                lane = check_lane(lane.decode("latin-1"))
+            except UnknownLane as exc:
+                return _error(400, f"X-Ingest-Lane: {exc}")
+            if lane == LIVE:
+                lane = None
         if content_type != _JSON and not is_json_media_type(content_type):
             return _error(415, "send the event as Content-Type: application/json")
         limit = self.max_body_bytes
@@ -184,13 +201,21 @@ class IngestApp:
         try:
             event_id_text = event_id.decode("ascii") if event_id is not None else None
             wire = (fresh and fast_validate(payload, fresh=True)) or validate_event(payload)
-            event_id_text, envelope = self.producer.stamp(wire, event_id_text)
+            event_id_text, envelope = self.producer.stamp(wire, event_id_text, lane=lane or LIVE)
         except UnicodeDecodeError:
             return _error(400, "event_id: must be ASCII")
         except PayloadTooLarge as exc:
             return _error(413, format_messages(exc.messages))
         except InvalidEvent as exc:
             return _error(400, format_messages(exc.messages))
+        if lane is not None:  # not live: its own list (never spooled, like a backfill)
+            try:
+                await self._lane_pusher(lane).push(
+                    event_message(envelope, lane_queue(self.settings.queue, lane)))
+            except (redis.RedisError, OSError) as exc:
+                return self._unavailable(exc)
+            body = success_body(wire)
+            return 200, json_headers(body, (EVENT_ID_HEADER, event_id_text.encode("ascii"))), body
         message = event_message(envelope, self.settings.queue)
         if self.spool is None:
             try:
@@ -203,6 +228,14 @@ class IngestApp:
                 return self._unavailable(error)
         body = success_body(wire)
         return 200, json_headers(body, (EVENT_ID_HEADER, event_id_text.encode("ascii"))), body
+
+    def _lane_pusher(self, lane: str) -> BatchPusher:
+        pusher = self.lane_pushers.get(lane)
+        if pusher is None:
+            pusher = BatchPusher(make_async_redis(self.settings),
+                                 lane_queue(self.settings.queue, lane))
+            self.lane_pushers[lane] = pusher
+        return pusher
 
     async def _read_rest(self, first: dict, receive: Any) -> bytes | None:
         """The whole body from its ``first`` message on, or ``None`` once it is over the limit."""
