@@ -33,6 +33,16 @@ def _bound(upper_ms: float) -> str:
     return f"<= {upper_ms:g} ms"
 
 
+def _lane_lines(snap: FlowSnapshot) -> list[str]:
+    """One line per lane: queued, oldest, pace and the drain ETA."""
+    lines = []
+    for lane in snap.lanes:
+        waiting = f", {lane.delayed} waiting retry" if lane.delayed else ""
+        lines.append(f"  lane {lane.lane:<10} {lane.line()}   oldest {_age(lane.oldest_age_s)}"
+                     f"{waiting}")
+    return lines
+
+
 def render(snap: FlowSnapshot) -> str:
     """The human view: one screen, most urgent things first."""
     lim = snap.limiter
@@ -42,6 +52,8 @@ def render(snap: FlowSnapshot) -> str:
         f"  queued          {snap.queue_depth:>10}   oldest waiting {_age(snap.oldest_age_s)}",
         f"  in flight       {snap.in_flight:>10}",
         f"  waiting retry   {snap.delayed:>10}   (retries and rate-limit deferrals)",
+        "",
+        *_lane_lines(snap),
         "",
         f"  per minute      delivered {snap.per_minute['delivered']:>8.1f}   "
         f"failed {snap.per_minute['failed']:>8.1f}   "
@@ -75,6 +87,13 @@ def render(snap: FlowSnapshot) -> str:
         lines.append(
             f"  rate limit      {lim.configured}   current wait {lim.current_wait_s:.2f}s{cool}"
         )
+        if lim.reserve:
+            paused = (f"   paused {lim.reserve_pause_left_s:.1f}s (others spent into it)"
+                      if lim.reserve_pause_left_s else "")
+            lines.append(f"  rate reserve    {lim.reserve} kept for other clients{paused}")
+        if lim.bulk_starved_s:
+            lines.append(f"  bulk starved    {lim.bulk_starved_s:.1f}s   (live events take "
+                         "every slot)")
     alive = ", ".join(snap.workers_alive) or "none"
     lines.append(f"  workers alive   {len(snap.workers_alive):>10}   {alive}")
     if snap.workers_stale:
