@@ -121,8 +121,12 @@ if bulk then
   local since = tonumber(redis.call('GET', KEYS[6]) or 0)
   if since == 0 then since = now end
   redis.call('SET', KEYS[6], string.format('%.0f', since), 'PX', 10000)
+  -- Waiters are spread over the next four intervals after the slot comes within reach
+  -- (round robin), so a few try each interval: none is sent far back, and no herd wakes.
+  local due = slot - reach
   local place = tonumber(redis.call('GET', KEYS[4]) or 0) + interval
-  if place < slot - reach then place = slot - reach end
+  if place < due then place = due end
+  place = due + math.fmod(place - due, 4 * interval)
   if place < now then place = now end
   redis.call('SET', KEYS[4], string.format('%.0f', place),
     'PX', math.ceil((place - now) / 1000) + 1000)

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -201,3 +204,27 @@ def test_lanes_survive_sigkill_redelivery_and_replay(
 
     _wait(lambda: by_lane() == (41, 10), timeout=5)
     assert by_lane() == (41, 10)  # the replayed event was delivered as bulk
+
+
+def test_cli_enqueue_lanes_defaults_and_unknown_lane(pipeline_env, redis_client, tmp_path):
+    keys = Keys(prefix=pipeline_env["VOUCHERIFY_KEY_PREFIX"],
+                queue=pipeline_env["VOUCHERIFY_QUEUE"])
+    env = {**os.environ, **pipeline_env}
+    cli = [sys.executable, "-m", "voucherify_ingest.cli", "enqueue"]
+    payload = json.dumps(_event(1))
+
+    def run(*args):
+        return subprocess.run([*cli, *args], env=env, capture_output=True, text=True,
+                              cwd=tmp_path, timeout=60)
+
+    refused = run("--lane", "express", payload)
+    assert refused.returncode == 2 and "unknown lane 'express'" in refused.stderr
+    assert "live, bulk" in refused.stderr
+    assert redis_client.llen(keys.lane_queue(LIVE)) == redis_client.llen(keys.lane_queue(BULK)) == 0
+    assert run(payload).returncode == 0  # one event: live
+    assert run("--lane", "bulk", payload).returncode == 0
+    (tmp_path / "in.ndjson").write_text(json.dumps(_event(2)) + "\n")
+    assert run("--file", "in.ndjson").returncode == 0  # a file: bulk
+    assert run("--file", "in.ndjson", "--lane", "live", "--no-ledger-check").returncode == 0
+    assert redis_client.llen(keys.lane_queue(LIVE)) == 2
+    assert redis_client.llen(keys.lane_queue(BULK)) == 2
