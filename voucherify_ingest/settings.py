@@ -108,6 +108,16 @@ class Settings:
         default="", metadata={"env": "VOUCHERIFY_LANE_BULK_MIN_SHARE"}
     )
 
+    # Cycle quota (docs/lanes-and-rate-limit.md, voucherify_ingest/cycle.py): API calls per
+    # billing cycle (0 = no cycle accounting), the UTC day of the month it resets, the most the
+    # bulk lane may spend of it ("30%"; "" = no separate cap), the share never spent by the
+    # fleet ("20%"), and fixed cycles of N seconds instead of months (tests, demos; 0 = monthly).
+    cycle_quota: int = field(default=0, metadata={"env": "VOUCHERIFY_CYCLE_QUOTA"})
+    cycle_reset_day: int = field(default=1, metadata={"env": "VOUCHERIFY_CYCLE_RESET_DAY"})
+    cycle_bulk_share: str = field(default="", metadata={"env": "VOUCHERIFY_CYCLE_BULK_SHARE"})
+    cycle_reserve: str = field(default="", metadata={"env": "VOUCHERIFY_CYCLE_RESERVE"})
+    cycle_length_s: float = field(default=0.0, metadata={"env": "VOUCHERIFY_CYCLE_LENGTH_S"})
+
     # Producers
     max_payload_bytes: int = field(
         default=64 * 1024, metadata={"env": "VOUCHERIFY_MAX_PAYLOAD_BYTES"}
@@ -200,6 +210,9 @@ class Settings:
         limit = parse_rate_limit(self.rate_limit)  # ConfigError naming VOUCHERIFY_RATE_LIMIT
         reserve_fraction(self.rate_reserve, limit)  # ConfigError naming VOUCHERIFY_RATE_RESERVE
         parse_share(self.lane_bulk_min_share, name="VOUCHERIFY_LANE_BULK_MIN_SHARE")
+        from voucherify_ingest.cycle import check_settings
+
+        check_settings(self)  # ConfigErrors naming VOUCHERIFY_CYCLE_*
 
     def require_credentials(self) -> None:
         """Raise :class:`ConfigError` naming each missing credential variable."""

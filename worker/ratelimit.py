@@ -33,6 +33,7 @@ from typing import Any
 import redis
 import structlog
 
+from voucherify_ingest.cycle import Cycle, CycleQuota, blocked_key, cycle_key
 from voucherify_ingest.lanes import BULK, LIVE
 from voucherify_ingest.rates import (  # noqa: F401 - re-exported for the limiter's callers
     ENV_NAME,
@@ -49,6 +50,7 @@ MAX_COOLDOWN_S = 3600.0  # never trust a header to pause us longer than the Sand
 MIN_LATE_TOLERANCE_S = 0.01
 MIN_BULK_HORIZON_S = 0.02  # bulk may hold a slot this far ahead at least (thread wake-ups)
 BULK_STARVED_LOG_S = 10.0  # bulk refused this long: say so (once per starvation)
+QUOTA_RECHECK_S = 10.0  # an event refused for the cycle quota comes back this often to look
 
 
 # ACQUIRE: take the next slot if it is within reach, else a place in line (nothing taken).
@@ -65,7 +67,12 @@ BULK_STARVED_LOG_S = 10.0  # bulk refused this long: say so (once per starvation
 #   ARGV[4] = lane: 0 live, 1 bulk
 #   ARGV[5] = bulk horizon, microseconds: the furthest ahead a bulk caller may hold a slot
 #   ARGV[6] = bulk credit earned per live slot while bulk is refused (0: strict priority)
-# Returns {granted (1|0), wait_us, now_us, starved_since_us}. granted: the slot is now + wait_us
+#   KEYS[8] = {p}:rl:{h}:cycle:{start}  calls counted this billing cycle (hash total/live/bulk)
+#   KEYS[9] = {p}:rl:{h}:cycle_blocked  the API said the cycle is spent: nothing until then
+#   ARGV[7] = cycle cap for any lane (quota - reserve), -1 when no cycle accounting
+#   ARGV[8] = cycle cap for the bulk lane   ARGV[9] = the cycle key's time to live, ms
+# Returns {granted (1|0), wait_us, now_us, starved_since_us, quota (0 | 1 cap spent | 2 API
+# said the cycle is spent: wait_us is how long)}. granted: the slot is now + wait_us
 # and is taken. Not granted: nothing taken; wait_us is how far away the caller's place in line
 # is (bulk: when to try again). A slot is at max(now, TAT - tau); taking it moves TAT on by T.
 # A cool-down pins TAT to cooldown + tau: the first slot after it is at its end and the rest
@@ -80,6 +87,17 @@ local interval = tonumber(ARGV[1])
 local tau = tonumber(ARGV[2])
 local max_wait = tonumber(ARGV[3])
 local bulk = tonumber(ARGV[4]) == 1
+local blocked = tonumber(redis.call('GET', KEYS[9]) or 0)
+if blocked > now then return {0, blocked - now, now, 0, 2} end
+local cap = tonumber(ARGV[7])
+local lane = 'live'
+if bulk then lane = 'bulk' end
+if cap >= 0 then
+  local used = redis.call('HMGET', KEYS[8], 'total', 'bulk')
+  if tonumber(used[1] or 0) >= cap or (bulk and tonumber(used[2] or 0) >= tonumber(ARGV[8])) then
+    return {0, 0, now, 0, 1}
+  end
+end
 local state = redis.call('MGET', KEYS[1], KEYS[2], KEYS[7])
 local tat = tonumber(state[1] or 0)
 if tat < now then tat = now end
@@ -104,6 +122,11 @@ if wait <= reach then
   local new_tat = tat + interval
   local ttl_ms = math.ceil((new_tat - now) / 1000) + 1000
   redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl_ms)
+  if cap >= 0 then
+    redis.call('HINCRBY', KEYS[8], 'total', 1)
+    redis.call('HINCRBY', KEYS[8], lane, 1)
+    redis.call('PEXPIRE', KEYS[8], tonumber(ARGV[9]))
+  end
   if bulk then
     redis.call('DEL', KEYS[6])
     if credit >= 1 then redis.call('SET', KEYS[5], tostring(credit - 1), 'PX', 60000) end
@@ -115,7 +138,7 @@ if wait <= reach then
       redis.call('SET', KEYS[5], tostring(c), 'PX', 60000)
     end
   end
-  return {1, wait, now, 0}
+  return {1, wait, now, 0, 0}
 end
 if bulk then
   local since = tonumber(redis.call('GET', KEYS[6]) or 0)
@@ -130,13 +153,13 @@ if bulk then
   if place < now then place = now end
   redis.call('SET', KEYS[4], string.format('%.0f', place),
     'PX', math.ceil((place - now) / 1000) + 1000)
-  return {0, place - now, now, since}
+  return {0, place - now, now, since, 0}
 end
 local place = tonumber(redis.call('GET', KEYS[3]) or 0) + interval
 if place < slot then place = slot end
 local ttl_ms = math.ceil((place - now) / 1000) + 1000
 redis.call('SET', KEYS[3], string.format('%.0f', place), 'PX', ttl_ms)
-return {0, place - now, now, 0}
+return {0, place - now, now, 0, 0}
 """
 
 # COOL_DOWN: after a 429, no slot before now + ARGV[1] (a longer cool-down already set stays).
@@ -182,6 +205,7 @@ class Grant:
     granted: bool
     wait_s: float
     redis_now_s: float
+    quota: int = 0  # 1: this lane's cycle allowance is spent; 2: the API said the cycle is
 
 
 class RateLimiter:
@@ -205,7 +229,7 @@ class RateLimiter:
 
     def __init__(
         self, client: redis.Redis, limit: RateLimit, *, key: str, reserve: str = "",
-        bulk_min_share: float = 0.0,
+        bulk_min_share: float = 0.0, cycle: CycleQuota | None = None,
     ):
         self.redis = client
         self.configured = limit
@@ -221,6 +245,9 @@ class RateLimiter:
         # Bulk's credit per live slot while bulk waits: share s of the slots is s/(1-s) per live.
         self.bulk_credit = bulk_min_share / (1 - bulk_min_share) if bulk_min_share else 0.0
         self._starved_logged = False
+        self.cycle = cycle  # VOUCHERIFY_CYCLE_QUOTA (None: no cycle accounting)
+        self.blocked_key = blocked_key(key)
+        self._quota_logged: set[tuple[str, str]] = set()  # (cycle, lane) said once
         self._acquire = client.register_script(ACQUIRE_LUA)
         self._cool_down = client.register_script(COOL_DOWN_LUA)
         self._paused_for = client.register_script(PAUSED_FOR_LUA)
@@ -236,7 +263,8 @@ class RateLimiter:
         key = limiter_key(settings.key_prefix, settings.app_id, settings.api_base)
         return cls(client, limit, key=key, reserve=settings.rate_reserve,
                    bulk_min_share=parse_share(settings.lane_bulk_min_share,
-                                              name="VOUCHERIFY_LANE_BULK_MIN_SHARE"))
+                                              name="VOUCHERIFY_LANE_BULK_MIN_SHARE"),
+                   cycle=CycleQuota.from_settings(settings))
 
     # -- taking slots -------------------------------------------------------------------------
 
@@ -257,15 +285,56 @@ class RateLimiter:
         tau_us = interval_us * (limit.burst - 1)
         max_wait_us = max(0, int(max_wait_s * 1_000_000))
         horizon_us = max(interval_us, int(MIN_BULK_HORIZON_S * 1_000_000))
-        granted, wait_us, now_us, starved_us = self._acquire(
+        cycle, caps = self._cycle_now()
+        granted, wait_us, now_us, starved_us, quota = self._acquire(
             keys=[self.key, self.cooldown_key, self.parked_key, self.bulkline_key,
-                  self.credit_key, self.starved_key, self.reserve_key],
+                  self.credit_key, self.starved_key, self.reserve_key,
+                  cycle_key(self.key, cycle) if cycle else f"{self.key}:cycle:off",
+                  self.blocked_key],
             args=[interval_us, tau_us, max_wait_us, 1 if lane == BULK else 0, horizon_us,
-                  repr(self.bulk_credit)],
+                  repr(self.bulk_credit), *caps],
         )
         if lane == BULK:
             self._note_starvation(int(starved_us), int(now_us))
-        return Grant(bool(granted), int(wait_us) / 1e6, int(now_us) / 1e6)
+        return Grant(bool(granted), int(wait_us) / 1e6, int(now_us) / 1e6, int(quota))
+
+    def _cycle_now(self) -> tuple[Cycle | None, list[int]]:
+        """This cycle and the script's ``[cap, bulk cap, key ttl ms]`` (cap -1: no accounting)."""
+        if self.cycle is None:
+            return None, [-1, -1, 0]
+        cycle = self.cycle.cycle_at(time.time())
+        ttl_ms = int((cycle.end_s - cycle.start_s) * 1000) + 7 * 86_400_000
+        return cycle, [self.cycle.live_cap, self.cycle.bulk_cap, ttl_ms]
+
+    def _quota_wait(self, grant: Grant, lane: str) -> float:
+        """How long to park an event refused for the cycle quota, saying so once per cycle."""
+        cycle = self.cycle.cycle_at(time.time()) if self.cycle else None
+        until_reset = (cycle.end_s - time.time()) if cycle else grant.wait_s
+        if grant.quota == 2:
+            until_reset = grant.wait_s
+        mark = (cycle.tag if cycle else "", lane if grant.quota == 1 else "api")
+        if mark not in self._quota_logged:
+            self._quota_logged.add(mark)
+            self.log.error(
+                "cycle_quota_pause", lane=lane if grant.quota == 1 else "all",
+                resumes_in_s=round(until_reset, 1),
+                message=(f"the {lane} lane's allowance of this billing cycle is spent "
+                         "(VOUCHERIFY_CYCLE_QUOTA, VOUCHERIFY_CYCLE_BULK_SHARE, "
+                         "VOUCHERIFY_CYCLE_RESERVE); its events wait for the next cycle or a "
+                         "higher allowance, nothing is dead-lettered")
+                if grant.quota == 1 else
+                "the API says this billing cycle's calls are spent (402 or api_calls_cycle); "
+                "every worker waits until the cycle resets, nothing is dead-lettered",
+            )
+        return max(0.0, min(until_reset, QUOTA_RECHECK_S))
+
+    def on_cycle_spent(self) -> float:
+        """The API answered 402 (or 429 ``api_calls_cycle``): no worker calls it again before
+        the cycle resets (``VOUCHERIFY_CYCLE_RESET_DAY``). Returns the seconds to wait."""
+        quota = self.cycle or CycleQuota(quota=1)
+        until_s = max(1.0, quota.cycle_at(time.time()).end_s - time.time())
+        self._cool_down(keys=[self.blocked_key], args=[int(until_s * 1_000_000)])
+        return until_s
 
     def _note_starvation(self, since_us: int, now_us: int) -> None:
         """Log once when bulk has had no slot for a while (live events take them all)."""
@@ -324,6 +393,8 @@ class RateLimiter:
         budget_s = max_wait_s
         while True:
             grant = self.reserve(budget_s, lane)
+            if grant.quota:
+                return self._quota_wait(grant, lane)
             if not grant.granted and lane == BULK and grant.wait_s < budget_s:
                 sleep(grant.wait_s)
                 budget_s -= grant.wait_s

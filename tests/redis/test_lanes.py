@@ -46,10 +46,10 @@ def test_bulk_holds_slots_at_most_one_interval_ahead_and_live_takes_the_next(
     limiter = _limiter(redis_client, namespace, "10/s")  # interval 100 ms
     bulk = [limiter.reserve(5.0, BULK) for _ in range(4)]
     assert [g.granted for g in bulk] == [True, True, False, False]  # now, +100 ms; no further
-    assert bulk[2].wait_s == pytest.approx(0.1, abs=0.01)  # come back when it is in reach
-    assert bulk[3].wait_s == pytest.approx(0.2, abs=0.01)  # the next bulk caller after that
+    assert bulk[2].wait_s == pytest.approx(0.1, abs=0.03)  # come back when it is in reach
+    assert bulk[3].wait_s == pytest.approx(0.2, abs=0.03)  # the next bulk caller after that
     live = limiter.reserve(5.0, LIVE)
-    assert live.granted and _slot(live) == pytest.approx(_slot(bulk[0]) + 0.2, abs=0.01)
+    assert live.granted and _slot(live) == pytest.approx(_slot(bulk[0]) + 0.2, abs=0.03)
     more_live = [limiter.reserve(5.0, LIVE) for _ in range(3)]  # live may reach further
     assert all(g.granted for g in more_live)
 
