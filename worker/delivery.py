@@ -43,6 +43,7 @@ from worker.delayed import DelayedQueue
 from worker.ledger import ALREADY_DELIVERED, BUSY, CLAIMED, DeliveryLedger
 
 BUSY_RETRY_S = 2.0
+CYCLE_RECHECK_S = 10.0  # an event waiting out a spent cycle looks again this often
 
 
 def _masked(error: dict[str, Any]) -> dict[str, Any]:
@@ -296,6 +297,8 @@ class Deliverer:
             counts["http_429"] = 1
         if isinstance(exc, RateLimited) and self.limiter is not None:
             self._redis_call(self.limiter.on_rate_limited, exc.retry_after_s, exc.headers)
+        if isinstance(exc, QuotaExhausted):
+            return self._cycle_spent(log, envelope, event_id, exc, counts)
         if exc.retryable and attempt <= self.settings.max_retries:
             delay = backoff_delay(
                 attempt,
@@ -342,6 +345,30 @@ class Deliverer:
                 "Replay them with `voucherify-ingest dlq replay --reason quota_exhausted`.",
             )
         return Outcome("dead_lettered", event_id, reason)
+
+    def _cycle_spent(self, log, envelope: dict, event_id: str, exc: DeliveryError,
+                     counts: dict) -> Outcome:
+        """402, or 429 ``api_calls_cycle``: the billing cycle's calls are spent. Every worker
+        pauses until the cycle resets (the limiter's shared block) and the event waits, its
+        attempt not counted: nothing is dead-lettered for a quota (docs/lanes-and-rate-limit)."""
+        if self.limiter is not None and hasattr(self.limiter, "on_cycle_spent"):
+            until_s = self._redis_call(self.limiter.on_cycle_spent)
+            wait_s = min(until_s, CYCLE_RECHECK_S)
+        else:  # no shared limiter to hold the pause: this event waits the longest backoff
+            until_s = wait_s = self.settings.backoff_max_s
+        self._store(
+            lambda pipe: (
+                self.ledger.release(pipe, event_id),
+                self._defer(pipe, envelope, wait_s),
+                self.stats.record(pipe, {**counts, "cycle_spent": 1}),
+            )
+        )
+        log.error("delivery", outcome="deferred", why="cycle_spent", status=exc.status,
+                  request_id=exc.request_id, paused_s=round(until_s, 1),
+                  message="Voucherify says this billing cycle's API calls are spent; every "
+                  "worker waits until the cycle resets (VOUCHERIFY_CYCLE_RESET_DAY); "
+                  "nothing is dead-lettered")
+        return Outcome("deferred", event_id, "cycle spent")
 
     def _dead_letter_invalid(
         self, raw: Any, messages: dict, *, event_id: str | None = None

@@ -230,6 +230,7 @@ class RateLimiter:
     def __init__(
         self, client: redis.Redis, limit: RateLimit, *, key: str, reserve: str = "",
         bulk_min_share: float = 0.0, cycle: CycleQuota | None = None,
+        cycle_clock: CycleQuota | None = None,
     ):
         self.redis = client
         self.configured = limit
@@ -246,6 +247,9 @@ class RateLimiter:
         self.bulk_credit = bulk_min_share / (1 - bulk_min_share) if bulk_min_share else 0.0
         self._starved_logged = False
         self.cycle = cycle  # VOUCHERIFY_CYCLE_QUOTA (None: no cycle accounting)
+        # When cycles reset (VOUCHERIFY_CYCLE_RESET_DAY), known even without a quota: a 402
+        # pauses the fleet until then.
+        self.cycle_clock = cycle or cycle_clock or CycleQuota(quota=0)
         self.blocked_key = blocked_key(key)
         self._quota_logged: set[tuple[str, str]] = set()  # (cycle, lane) said once
         self._acquire = client.register_script(ACQUIRE_LUA)
@@ -264,7 +268,9 @@ class RateLimiter:
         return cls(client, limit, key=key, reserve=settings.rate_reserve,
                    bulk_min_share=parse_share(settings.lane_bulk_min_share,
                                               name="VOUCHERIFY_LANE_BULK_MIN_SHARE"),
-                   cycle=CycleQuota.from_settings(settings))
+                   cycle=CycleQuota.from_settings(settings),
+                   cycle_clock=CycleQuota(quota=0, reset_day=settings.cycle_reset_day,
+                                          length_s=settings.cycle_length_s))
 
     # -- taking slots -------------------------------------------------------------------------
 
@@ -331,8 +337,7 @@ class RateLimiter:
     def on_cycle_spent(self) -> float:
         """The API answered 402 (or 429 ``api_calls_cycle``): no worker calls it again before
         the cycle resets (``VOUCHERIFY_CYCLE_RESET_DAY``). Returns the seconds to wait."""
-        quota = self.cycle or CycleQuota(quota=1)
-        until_s = max(1.0, quota.cycle_at(time.time()).end_s - time.time())
+        until_s = max(1.0, self.cycle_clock.cycle_at(time.time()).end_s - time.time())
         self._cool_down(keys=[self.blocked_key], args=[int(until_s * 1_000_000)])
         return until_s
 
