@@ -120,3 +120,76 @@ def cycle_key(limiter_key: str, cycle: Cycle) -> str:
 def blocked_key(limiter_key: str) -> str:
     """``{p}:rl:{h}:cycle_blocked``: the API said the cycle is spent; no call until then."""
     return f"{limiter_key}:cycle_blocked"
+
+
+def usage(client, limiter_key: str, quota: CycleQuota, now_s: float) -> dict:
+    """What ``stats`` shows of the cycle: used, left per lane, the reset, a projection."""
+    cycle = quota.cycle_at(now_s)
+    raw = client.hgetall(cycle_key(limiter_key, cycle))
+    used = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
+    total, bulk = used.get("total", 0), used.get("bulk", 0)
+    blocked = client.get(blocked_key(limiter_key))
+    blocked_s = max(0.0, float(blocked) / 1e6 - now_s) if blocked else 0.0
+    elapsed = max(1.0, now_s - cycle.start_s)
+    per_day = total / elapsed * 86400
+    runs_out = None
+    if total and per_day > 0:
+        at = now_s + (quota.live_cap - total) / per_day * 86400
+        runs_out = _iso(at) if at < cycle.end_s else None
+    return {
+        "quota": quota.quota, "used": total, "used_live": used.get("live", 0),
+        "used_bulk": bulk, "reserve": quota.reserve_calls,
+        "live_allowance": quota.live_cap, "bulk_allowance": quota.bulk_cap,
+        "left_live": max(0, quota.live_cap - total),
+        "left_bulk": max(0, min(quota.bulk_cap - bulk, quota.live_cap - total)),
+        "bulk_paused": bulk >= quota.bulk_cap or total >= quota.live_cap,
+        "live_paused": total >= quota.live_cap,
+        "api_blocked_s": round(blocked_s, 1),
+        "started": _iso(cycle.start_s), "resets": _iso(cycle.end_s),
+        "per_day": round(per_day, 1), "runs_out": runs_out,
+    }
+
+
+def _iso(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def plan_lines(events: int, quota: CycleQuota, used: dict | None, per_s: float | None,
+               now_s: float) -> list[str]:
+    """What a backfill of ``events`` costs against the bulk allowance (``enqueue --file``).
+
+    Each event is at least one API call (a retry is one more). ``used`` is :func:`usage` (None
+    when Redis could not be read); ``per_s`` the fleet's pace for bulk (the rate limit less the
+    reserve; None when the limiter is off)."""
+    lines = [f"cycle: this file costs at least {events:,} API calls (one per event; retries "
+             f"cost one more each)"]
+    if used is None:
+        lines.append("cycle: what is left of this cycle is unknown (Redis could not be read)")
+        return lines
+    left = used["left_bulk"]
+    cycle = quota.cycle_at(now_s)
+    lines.append(f"cycle: the bulk lane has {left:,} of {quota.bulk_cap:,} calls left this "
+                 f"cycle (resets {used['resets']}); {used['used']:,} of {quota.quota:,} used")
+    pace_s = events / per_s if per_s else 0.0
+    if events <= left:
+        finish = f", about {_duration(pace_s)} at {per_s * 60:,.0f}/min" if per_s else ""
+        lines.append(f"cycle: it fits within the bulk allowance{finish}")
+        return lines
+    rest = events - left
+    cycles = math.ceil(rest / quota.bulk_cap) if quota.bulk_cap else 0
+    if cycles:
+        done_at = cycle.end_s
+        for _ in range(cycles - 1):
+            done_at = quota.cycle_at(done_at).end_s
+        done_at = max(done_at, now_s + pace_s)
+        when = f"; at this allowance it finishes in the cycle that starts {_iso(done_at)[:10]}"
+    else:
+        when = "; with no bulk allowance it never finishes"
+    lines.append(f"cycle: it does NOT fit: {rest:,} events would wait for later cycles "
+                 f"(VOUCHERIFY_CYCLE_BULK_SHARE){when}")
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours} h {rest // 60} min" if hours else f"{max(1, rest // 60)} min"

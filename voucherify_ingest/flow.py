@@ -23,6 +23,8 @@ from typing import Any
 
 import redis
 
+from voucherify_ingest.cycle import CycleQuota
+from voucherify_ingest.cycle import usage as cycle_usage
 from voucherify_ingest.deadletters import REASONS
 from voucherify_ingest.keys import Keys
 from voucherify_ingest.laneflow import LaneState, read_lanes
@@ -49,6 +51,7 @@ class LimiterState:
     reserve: str = ""  # VOUCHERIFY_RATE_RESERVE as configured ("" = none)
     reserve_pause_left_s: float = 0.0  # pause because other clients spent into the reserve
     bulk_starved_s: float = 0.0  # how long bulk events have been refused slots (live first)
+    cycle: dict | None = None  # VOUCHERIFY_CYCLE_QUOTA: voucherify_ingest.cycle.usage()
 
 
 @dataclass
@@ -281,6 +284,9 @@ class FlowReader:
                 state.bulk_starved_s = max(state.bulk_starved_s,
                                            round((now_us - starved) / 1e6, 3))
             slot = max(now_us, tat - tau_us, cool, held)
+            quota = CycleQuota.from_settings(self.settings)
+            if quota is not None and state.cycle is None:
+                state.cycle = cycle_usage(self.redis, keys[i], quota, now_us / 1e6)
             state.current_wait_s = max(state.current_wait_s, round((slot - now_us) / 1e6, 3))
             if cool > now_us:
                 left = round((cool - now_us) / 1e6, 3)

@@ -126,6 +126,19 @@ class FlowCollector:
         yield gauge("bulk_starved_seconds", "How long bulk events have been refused rate-limit "
                     "slots because live events took them all (0 when not).", lim.bulk_starved_s)
         yield from _lane_gauges(snap)
+        if lim.cycle:
+            c = lim.cycle
+            yield gauge("cycle_calls_used", "API calls counted this billing cycle "
+                        "(VOUCHERIFY_CYCLE_QUOTA).", c["used"])
+            left = GaugeMetricFamily(f"{NS}_cycle_calls_left", "Calls each lane may still "
+                                     "make this billing cycle.", labels=["lane"])
+            paused = GaugeMetricFamily(f"{NS}_cycle_paused", "1 while the lane waits for the "
+                                       "cycle to reset (its allowance spent).", labels=["lane"])
+            for lane in ("live", "bulk"):
+                left.add_metric([lane], c[f"left_{lane}"])
+                paused.add_metric([lane], 1 if c[f"{lane}_paused"] or c["api_blocked_s"] else 0)
+            yield left
+            yield paused
 
     @staticmethod
     def _latency(snap):

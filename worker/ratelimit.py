@@ -334,6 +334,16 @@ class RateLimiter:
             )
         return max(0.0, min(until_reset, QUOTA_RECHECK_S))
 
+    def _refund(self, lane: str) -> None:
+        """A granted slot left unused makes no call: take it off this cycle's count."""
+        if self.cycle is None:
+            return
+        key = cycle_key(self.key, self.cycle.cycle_at(time.time()))
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hincrby(key, "total", -1)
+            pipe.hincrby(key, lane, -1)
+            pipe.execute()
+
     def on_cycle_spent(self) -> float:
         """The API answered 402 (or 429 ``api_calls_cycle``): no worker calls it again before
         the cycle resets (``VOUCHERIFY_CYCLE_RESET_DAY``). Returns the seconds to wait."""
@@ -412,10 +422,12 @@ class RateLimiter:
             sleep(grant.wait_s)
             paused_s = self.paused_for()
             if paused_s > 0:
+                self._refund(lane)
                 return paused_s
             late_s = time.monotonic() - due
             if late_s <= self.late_tolerance_s:
                 return None
+            self._refund(lane)
             self.log.info("rate_limit_slot_missed", late_s=round(late_s, 3))
             budget_s = max(0.0, budget_s - grant.wait_s - late_s)
 

@@ -104,6 +104,30 @@ def enqueue_command(payload_json, event_id, file_path, fmt, id_field, dry_run, m
         producer.close()
 
 
+def _cycle_plan(settings, events: int) -> list[str]:
+    """The file's cost against this cycle's bulk allowance (VOUCHERIFY_CYCLE_QUOTA)."""
+    import time
+
+    import redis
+
+    from voucherify_ingest.cycle import CycleQuota, plan_lines, usage
+    from voucherify_ingest.rates import limiter_key, parse_rate_limit, reserve_fraction
+    from voucherify_ingest.redis_conn import make_redis
+
+    quota = CycleQuota.from_settings(settings)
+    limit = parse_rate_limit(settings.rate_limit)
+    per_s = limit.per_s * (1 - reserve_fraction(settings.rate_reserve, limit)) if limit else None
+    key = limiter_key(settings.key_prefix, settings.app_id, settings.api_base)
+    client = make_redis(settings, timeout_s=2.0)
+    try:
+        used = usage(client, key, quota, time.time())
+    except redis.RedisError:
+        used = None
+    finally:
+        client.close()
+    return plan_lines(events, quota, used, per_s, time.time())
+
+
 def _backfill(settings, path, fmt, id_field, dry_run, max_queue, batch_size, rejects_path,
               check_ledger, progress_every, lane) -> int:
     from producers import Producer
@@ -152,6 +176,9 @@ def _backfill(settings, path, fmt, id_field, dry_run, max_queue, batch_size, rej
         source.close()
         producer.close()
     click.echo(summary.line(dry_run))
+    if settings.cycle_quota:
+        for line in _cycle_plan(settings, summary.enqueued):
+            click.echo(line)
     if summary.rejected:
         click.echo(f"rejected records: {rejects_path}", err=True)
         return EXIT_REJECTED

@@ -43,6 +43,27 @@ def _lane_lines(snap: FlowSnapshot) -> list[str]:
     return lines
 
 
+def _cycle_lines(c: dict) -> list[str]:
+    """The billing cycle: used, left per lane, the reset and the projection."""
+    lines = [
+        f"  cycle           {c['used']:,} of {c['quota']:,} calls used since {c['started']}, "
+        f"resets {c['resets']}",
+        f"                  left: live {c['left_live']:,}   bulk {c['left_bulk']:,} "
+        f"(of {c['bulk_allowance']:,})   reserve {c['reserve']:,} never spent",
+    ]
+    if c["runs_out"]:
+        lines.append(f"                  at the current pace ({c['per_day']:,.0f}/day) the "
+                     f"allowance runs out on {c['runs_out'][:10]}")
+    paused = [lane for lane in ("live", "bulk") if c[f"{lane}_paused"]]
+    if paused:
+        lines.append(f"                  PAUSED: {', '.join(paused)} (allowance spent; waits "
+                     "for the reset or a higher allowance)")
+    if c["api_blocked_s"]:
+        lines.append(f"                  PAUSED: the API said the cycle is spent; "
+                     f"{c['api_blocked_s']:,.0f}s to the reset")
+    return lines
+
+
 def render(snap: FlowSnapshot) -> str:
     """The human view: one screen, most urgent things first."""
     lim = snap.limiter
@@ -91,6 +112,8 @@ def render(snap: FlowSnapshot) -> str:
             paused = (f"   paused {lim.reserve_pause_left_s:.1f}s (others spent into it)"
                       if lim.reserve_pause_left_s else "")
             lines.append(f"  rate reserve    {lim.reserve} kept for other clients{paused}")
+        if lim.cycle:
+            lines.extend(_cycle_lines(lim.cycle))
         if lim.bulk_starved_s:
             lines.append(f"  bulk starved    {lim.bulk_starved_s:.1f}s   (live events take "
                          "every slot)")
