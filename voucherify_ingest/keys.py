@@ -24,6 +24,8 @@ key                            type    what
 ``{p}:rl:{h}:credit``          string  bulk's minimum-share credit (lanes)
 ``{p}:rl:{h}:starved``         string  epoch us since when bulk has had no slot (lanes)
 ``{p}:rl:{h}:reserve``         string  reserve pause until epoch us (``VOUCHERIFY_RATE_RESERVE``)
+``{p}:rl:{h}:cycle:{start}``   hash    calls counted this billing cycle (``cycle.py``)
+``{p}:rl:{h}:cycle_blocked``   string  the API said the cycle is spent: no call until epoch us
 ``{p}:stats:*``                 -      counters (see voucherify_ingest/stats.py)
 ``{p}:workers``                zset    worker node -> last heartbeat epoch s
 ``{p}:unacked``                hash    kombu: messages handed to a worker, not yet acked

@@ -18,6 +18,15 @@ the Redis server (``TIME``), never from worker clocks, and the state is one numb
 - ``observe`` reads a 200's headers: ``X-Rate-Limit-Remaining: 0`` pauses everyone until
   ``X-Rate-Limit-Retry``; an ``X-Rate-Limit-Limit`` below the configured limit lowers the pace.
 
+- Lanes: a live caller takes the next free slot; a bulk caller only one within about one
+  interval, so live events overtake every bulk event not yet sent, and bulk fills every slot
+  live leaves (``VOUCHERIFY_LANE_BULK_MIN_SHARE`` gives bulk a floor).
+- ``VOUCHERIFY_RATE_RESERVE``: the pace is the limit less the reserve, and ``keep_reserve``
+  pauses everyone when ``X-Rate-Limit-Remaining`` says other clients spent into it.
+- ``VOUCHERIFY_CYCLE_QUOTA``: each slot is counted against the billing cycle in the same script
+  that grants it (``voucherify_ingest/cycle.py``); a 402 blocks every caller until the reset.
+  See docs/lanes-and-rate-limit.md.
+
 ``VOUCHERIFY_RATE_LIMIT``: ``100/min``, ``2000/min``, ``25/s``, ``100/hour``, with an optional
 burst ``100/min,burst=10`` (or ``100/min:10``); ``off``, ``0`` or empty disables the limiter.
 """
@@ -221,6 +230,8 @@ class RateLimiter:
         {p}:rl:{h}:credit     string  bulk's minimum-share credit (only with a share)
         {p}:rl:{h}:starved    string  since when bulk callers have been refused
         {p}:rl:{h}:reserve    string  reserve pause (VOUCHERIFY_RATE_RESERVE) until
+        {p}:rl:{h}:cycle:{s}  hash    calls counted in the cycle starting at s (total/live/bulk)
+        {p}:rl:{h}:cycle_blocked  string  the API said the cycle is spent: nothing until
 
     Each key expires on its own once it no longer constrains anything, so an idle project
     leaves nothing behind. Workers share a budget when they share Redis, the key prefix, the
