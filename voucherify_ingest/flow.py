@@ -23,9 +23,12 @@ from typing import Any
 
 import redis
 
+from voucherify_ingest.cycle import CycleQuota
+from voucherify_ingest.cycle import usage as cycle_usage
 from voucherify_ingest.deadletters import REASONS
 from voucherify_ingest.indoubt import outcome_counts
 from voucherify_ingest.keys import Keys
+from voucherify_ingest.laneflow import LaneState, read_lanes
 from voucherify_ingest.rates import limiter_key, parse_rate_limit
 from voucherify_ingest.settings import Settings
 from voucherify_ingest.stats import LATENCY_BUCKETS_MS, StatsRecorder
@@ -47,6 +50,10 @@ class LimiterState:
     cooldown_until: str | None = None  # ISO time; set while every worker pauses after a 429
     cooldown_left_s: float = 0.0
     parked_line_s: float = 0.0  # how far ahead the last parked event was told to come back
+    reserve: str = ""  # VOUCHERIFY_RATE_RESERVE as configured ("" = none)
+    reserve_pause_left_s: float = 0.0  # pause because other clients spent into the reserve
+    bulk_starved_s: float = 0.0  # how long bulk events have been refused slots (live first)
+    cycle: dict | None = None  # VOUCHERIFY_CYCLE_QUOTA: voucherify_ingest.cycle.usage()
 
 
 @dataclass
@@ -70,6 +77,7 @@ class FlowSnapshot:
     # In-doubt sends settled, by outcome (held, verified_delivered, verified_absent_resent,
     # lookup_failed, resent) and the lookups they took: voucherify_ingest.indoubt.
     in_doubt: dict[str, int] = field(default_factory=dict)
+    lanes: list[LaneState] = field(default_factory=list)  # queue_depth/delayed: all lanes
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON types only: an infinite bucket bound is written ``"+Inf"``."""
@@ -168,10 +176,7 @@ class FlowReader:
         minute = int(now // 60)
         rec = self.recorder
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.llen(self.keys.queue)
-            pipe.lindex(self.keys.queue, -1)
             pipe.hlen(self.keys.unacked)
-            pipe.zcard(self.keys.delayed)
             pipe.hgetall(rec.counters_key)
             pipe.hgetall(rec.latency_key)
             for m in range(minute - RATE_WINDOW_MIN, minute + 1):
@@ -179,13 +184,16 @@ class FlowReader:
             pipe.zrange(rec.workers_key, 0, -1, withscores=True)
             pipe.zcard(self.keys.dlq_index)
             replies = pipe.execute()
-        depth, oldest_raw, in_flight, delayed, counters, latency = replies[:6]
-        minutes = [_ints(h) for h in replies[6:6 + RATE_WINDOW_MIN + 1]]
-        workers, dlq_total = replies[6 + RATE_WINDOW_MIN + 1:]
+        in_flight, counters, latency = replies[:3]
+        minutes = [_ints(h) for h in replies[3:3 + RATE_WINDOW_MIN + 1]]
+        workers, dlq_total = replies[3 + RATE_WINDOW_MIN + 1:]
         counters = _ints(counters)
 
-        enqueued = enqueued_at_of(oldest_raw)
-        oldest_age = round(max(0.0, now - enqueued), 3) if enqueued is not None else None
+        lanes = read_lanes(self.redis, self.keys, now, minutes, counters, enqueued_at_of)
+        depth = sum(lane.queued_messages for lane in lanes)
+        delayed = sum(lane.delayed for lane in lanes)
+        ages = [lane.oldest_age_s for lane in lanes if lane.oldest_age_s is not None]
+        oldest_age = max(ages) if ages else None
 
         complete = minutes[:-1]
         per_minute = {
@@ -232,6 +240,7 @@ class FlowReader:
             workers_alive=sorted(alive),
             workers_stale=sorted(stale),
             in_doubt=outcome_counts(counters),
+            lanes=lanes,
         )
 
     # -- the shared rate limiter --------------------------------------------------------------
@@ -244,7 +253,7 @@ class FlowReader:
         found = set()
         for key in self.redis.scan_iter(match=f"{self.settings.key_prefix}:rl:*", count=200):
             name = key.decode() if isinstance(key, bytes) else key
-            found.add(name.removesuffix(":cooldown").removesuffix(":parked"))
+            found.add(name.split("}", 1)[0] + "}" if "}" in name else name)
         return sorted(found)
 
     def limiter_state(self) -> LimiterState:
@@ -254,7 +263,8 @@ class FlowReader:
         time, cool-down end, place in line); a key that is missing or unreadable means idle.
         """
         configured, per_s, burst = self._configured()
-        state = LimiterState(configured=configured, per_s=per_s)
+        state = LimiterState(configured=configured, per_s=per_s,
+                             reserve=self.settings.rate_reserve)
         if per_s is None:
             return state
         keys = self._limiter_keys()
@@ -265,15 +275,24 @@ class FlowReader:
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.time()
             for key in keys:
-                pipe.get(key)
-                pipe.get(f"{key}:cooldown")
-                pipe.get(f"{key}:parked")
+                for suffix in ("", ":cooldown", ":parked", ":reserve", ":starved"):
+                    pipe.get(f"{key}{suffix}")
             replies = pipe.execute()
         seconds, micros = replies[0]
         now_us = int(seconds) * 1_000_000 + int(micros)
         for i in range(len(keys)):
-            tat, cool, parked = (_num(v) for v in replies[1 + 3 * i: 4 + 3 * i])
-            slot = max(now_us, tat - tau_us, cool)
+            tat, cool, parked, held, starved = (
+                _num(v) for v in replies[1 + 5 * i: 6 + 5 * i])
+            if held > now_us:
+                state.reserve_pause_left_s = max(state.reserve_pause_left_s,
+                                                 round((held - now_us) / 1e6, 3))
+            if starved:
+                state.bulk_starved_s = max(state.bulk_starved_s,
+                                           round((now_us - starved) / 1e6, 3))
+            slot = max(now_us, tat - tau_us, cool, held)
+            quota = CycleQuota.from_settings(self.settings)
+            if quota is not None and state.cycle is None:
+                state.cycle = cycle_usage(self.redis, keys[i], quota, now_us / 1e6)
             state.current_wait_s = max(state.current_wait_s, round((slot - now_us) / 1e6, 3))
             if cool > now_us:
                 left = round((cool - now_us) / 1e6, 3)

@@ -7,8 +7,10 @@ Everything this project stores lives under ``{prefix}:`` (``VOUCHERIFY_KEY_PREFI
 =============================  ======  ===========================================================
 key                            type    what
 =============================  ======  ===========================================================
-``{queue}``                    list    the ingest queue (Celery/kombu messages, JSON)
-``{p}:delayed``                zset    messages waiting for a retry/backoff; score = due epoch ms
+``{queue}``                    list    the ``live`` lane (Celery/kombu messages, JSON)
+``{queue}.bulk``               list    the ``bulk`` lane (``voucherify_ingest/lanes.py``)
+``{p}:delayed``                zset    live messages waiting for a retry/backoff; score = due ms
+``{p}:delayed:bulk``           zset    the same for the bulk lane
 ``{p}:dlq:entries``            hash    dead-letter id -> entry JSON
 ``{p}:dlq:index``              zset    dead-letter id -> last-failed epoch s (listing by time)
 ``{p}:dlq:reason:{reason}``    zset    the same, per reason (cheap filtered listing)
@@ -21,6 +23,12 @@ key                            type    what
 ``{p}:rl:{h}:parked``          string  place in line of the last event parked for a slot
 ``{p}:authpause:{h}``          string  the API refuses our credentials since epoch ms (401/403)
 ``{p}:authpause:{h}:probe``    string  held by the one worker allowed to probe now (short TTL)
+``{p}:rl:{h}:bulkline``        string  place in line of the last bulk event told to wait
+``{p}:rl:{h}:credit``          string  bulk's minimum-share credit (lanes)
+``{p}:rl:{h}:starved``         string  epoch us since when bulk has had no slot (lanes)
+``{p}:rl:{h}:reserve``         string  reserve pause until epoch us (``VOUCHERIFY_RATE_RESERVE``)
+``{p}:rl:{h}:cycle:{start}``   hash    calls counted this billing cycle (``cycle.py``)
+``{p}:rl:{h}:cycle_blocked``   string  the API said the cycle is spent: no call until epoch us
 ``{p}:stats:*``                 -      counters (see voucherify_ingest/stats.py)
 ``{p}:workers``                zset    worker node -> last heartbeat epoch s
 ``{p}:oauth:{h}``              string  the fleet's OAuth access token (JSON), expires with it
@@ -41,6 +49,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from voucherify_ingest.lanes import LANES, LIVE, lane_queue
+
 
 def auth_pause_key(prefix: str, app_id: str, api_url: str) -> str:
     """``{prefix}:authpause:{h}``: per project like the limiter's keys (``h`` hashes the app id
@@ -58,6 +68,18 @@ class Keys:
     @property
     def delayed(self) -> str:
         return f"{self.prefix}:delayed"
+
+    def lane_queue(self, lane: str) -> str:
+        """The list of ``lane`` (the live lane is the queue itself)."""
+        return lane_queue(self.queue, lane)
+
+    def lane_delayed(self, lane: str) -> str:
+        """The delayed set of ``lane`` (the live lane's is the historical ``delayed``)."""
+        return self.delayed if lane == LIVE else f"{self.prefix}:delayed:{lane}"
+
+    @property
+    def lanes(self) -> tuple[str, ...]:
+        return LANES
 
     @property
     def dlq_entries(self) -> str:

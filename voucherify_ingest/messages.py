@@ -6,7 +6,8 @@ JSON document. Producers, retries, rate-limit deferrals and dead-letter replay a
 same message here, and a real ``celery worker`` consumes it (``tests/test_e2e*.py`` prove it).
 
 An *envelope* is the single task argument: ``{"id", "payload", "enqueued_at", "attempt"}``.
-``attempt`` counts delivery attempts already made; a replay resets it to 0.
+``attempt`` counts delivery attempts already made; a replay resets it to 0. ``lane`` (absent for
+``live``) names the lane the event travels in (``voucherify_ingest/lanes.py``).
 """
 
 from __future__ import annotations
@@ -55,14 +56,18 @@ def utc_now_iso() -> str:
 
 def make_envelope(
     payload: dict[str, Any], event_id: str | None = None, *, attempt: int = 0,
-    enqueued_at: str | None = None,
+    enqueued_at: str | None = None, lane: str = "live",
 ) -> dict[str, Any]:
-    return {
+    """``lane`` is written only when it is not ``live`` (messages stay as they were)."""
+    envelope = {
         "id": event_id or new_event_id(),
         "payload": payload,
         "enqueued_at": enqueued_at or utc_now_iso(),
         "attempt": attempt,
     }
+    if lane != "live":
+        envelope["lane"] = lane
+    return envelope
 
 
 # The message as kombu's Redis transport stores it, pre-rendered around the parts that change

@@ -141,6 +141,24 @@ class FlowCollector:
                     "rate-limit slot.", lim.current_wait_s)
         yield gauge("rate_limit_cooldown_seconds", "Shared cool-down after a 429 still to run.",
                     lim.cooldown_left_s)
+        yield gauge("rate_reserve_pause_seconds", "Shared pause still to run because other "
+                    "clients spent into VOUCHERIFY_RATE_RESERVE.", lim.reserve_pause_left_s)
+        yield gauge("bulk_starved_seconds", "How long bulk events have been refused rate-limit "
+                    "slots because live events took them all (0 when not).", lim.bulk_starved_s)
+        yield from _lane_gauges(snap)
+        if lim.cycle:
+            c = lim.cycle
+            yield gauge("cycle_calls_used", "API calls counted this billing cycle "
+                        "(VOUCHERIFY_CYCLE_QUOTA).", c["used"])
+            left = GaugeMetricFamily(f"{NS}_cycle_calls_left", "Calls each lane may still "
+                                     "make this billing cycle.", labels=["lane"])
+            paused = GaugeMetricFamily(f"{NS}_cycle_paused", "1 while the lane waits for the "
+                                       "cycle to reset (its allowance spent).", labels=["lane"])
+            for lane in ("live", "bulk"):
+                left.add_metric([lane], c[f"left_{lane}"])
+                paused.add_metric([lane], 1 if c[f"{lane}_paused"] or c["api_blocked_s"] else 0)
+            yield left
+            yield paused
 
     @staticmethod
     def _latency(snap):
@@ -154,6 +172,36 @@ class FlowCollector:
             buckets=buckets, sum_value=lat["sum_ms"] / 1000,
         )
         return family
+
+
+def _lane_gauges(snap):
+    """Per lane (label ``lane``): queued, oldest age, pace and the ETA to drain."""
+    specs = (
+        ("lane_queued_events", "Events waiting in the lane (batch messages estimated).",
+         lambda ln: ln.queued_events),
+        ("lane_queued_messages", "Messages waiting in the lane's list.",
+         lambda ln: ln.queued_messages),
+        ("lane_oldest_queued_age_seconds", "Age of the lane's oldest waiting event.",
+         lambda ln: ln.oldest_age_s or 0.0),
+        ("lane_delayed", "The lane's messages waiting for a retry or a slot.",
+         lambda ln: ln.delayed),
+        ("lane_delivered_per_minute", "Events of the lane delivered per minute, recently.",
+         lambda ln: ln.delivered_per_min),
+        ("lane_drain_eta_seconds", "Time to drain the lane at its current pace (0: empty; "
+         "-1: queued but nothing delivered lately).",
+         lambda ln: ln.drain_eta_s if ln.drain_eta_s is not None
+         else (-1.0 if ln.queued_events else 0.0)),
+    )
+    for name, doc, value in specs:
+        family = GaugeMetricFamily(f"{NS}_{name}", doc, labels=["lane"])
+        for lane in snap.lanes:
+            family.add_metric([lane.lane], value(lane))
+        yield family
+    delivered = CounterMetricFamily(f"{NS}_lane_delivered", "Events delivered, by lane.",
+                                    labels=["lane"])
+    for lane in snap.lanes:
+        delivered.add_metric([lane.lane], lane.delivered_total)
+    yield delivered
 
 
 def build_registry(client: redis.Redis, settings: Settings) -> CollectorRegistry:

@@ -83,6 +83,42 @@ def limiter_key(prefix: str, app_id: str, api_url: str) -> str:
     return f"{prefix}:rl:{{{digest}}}"
 
 
+def parse_share(raw: str | None, *, name: str) -> float:
+    """``"20%"`` (or ``"0.2"``) -> 0.2; empty -> 0.0; a share must be below 100%."""
+    text = (raw or "").strip()
+    if not text:
+        return 0.0
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"{name} must be a share below 100%, like 20% or 0.2; got {raw!r}")
+    return value
+
+
+RESERVE_ENV = "VOUCHERIFY_RATE_RESERVE"
+
+
+def reserve_fraction(raw: str | None, limit: RateLimit | None) -> float:
+    """The share of ``limit`` that ``VOUCHERIFY_RATE_RESERVE`` keeps for other clients:
+    ``20%`` is 0.2; an absolute ``20/min`` is 20/min divided by the limit (0.2 of 100/min).
+    Empty: 0. A reserve that leaves the fleet nothing is a ConfigError."""
+    text = (raw or "").strip()
+    if not text or text.lower() in OFF_VALUES:
+        return 0.0
+    if "/" not in text:
+        return parse_share(text, name=RESERVE_ENV)
+    reserve = parse_rate_limit(text, name=RESERVE_ENV)
+    if reserve is None or limit is None:
+        return 0.0
+    fraction = reserve.per_s / limit.per_s
+    if fraction >= 1.0:
+        raise ConfigError(
+            f"{RESERVE_ENV}={raw!r} is not below the rate limit ({limit}): it would leave the "
+            "workers nothing"
+        )
+    return fraction
 
 
 def per_second(raw: str | None, *, name: str) -> float | None:

@@ -152,6 +152,24 @@ class Settings:
         default=5.0, metadata={"env": "VOUCHERIFY_RATE_LIMIT_MAX_WAIT_S"}
     )
 
+    # Lanes and the rate reserve (docs/lanes-and-rate-limit.md): calls per window kept unspent
+    # for other clients of the same project ("20%" or "20/min"; "" keeps none), and the least
+    # share of the rate the bulk lane gets while live events want every slot ("" = strict).
+    rate_reserve: str = field(default="", metadata={"env": "VOUCHERIFY_RATE_RESERVE"})
+    lane_bulk_min_share: str = field(
+        default="", metadata={"env": "VOUCHERIFY_LANE_BULK_MIN_SHARE"}
+    )
+
+    # Cycle quota (docs/lanes-and-rate-limit.md, voucherify_ingest/cycle.py): API calls per
+    # billing cycle (0 = no cycle accounting), the UTC day of the month it resets, the most the
+    # bulk lane may spend of it ("30%"; "" = no separate cap), the share never spent by the
+    # fleet ("20%"), and fixed cycles of N seconds instead of months (tests, demos; 0 = monthly).
+    cycle_quota: int = field(default=0, metadata={"env": "VOUCHERIFY_CYCLE_QUOTA"})
+    cycle_reset_day: int = field(default=1, metadata={"env": "VOUCHERIFY_CYCLE_RESET_DAY"})
+    cycle_bulk_share: str = field(default="", metadata={"env": "VOUCHERIFY_CYCLE_BULK_SHARE"})
+    cycle_reserve: str = field(default="", metadata={"env": "VOUCHERIFY_CYCLE_RESERVE"})
+    cycle_length_s: float = field(default=0.0, metadata={"env": "VOUCHERIFY_CYCLE_LENGTH_S"})
+
     # Producers
     max_payload_bytes: int = field(
         default=64 * 1024, metadata={"env": "VOUCHERIFY_MAX_PAYLOAD_BYTES"}
@@ -338,9 +356,14 @@ class Settings:
         from voucherify_ingest.indoubt import check_in_doubt_settings
 
         check_in_doubt_settings(self)  # ConfigError naming the VOUCHERIFY_IN_DOUBT* variable
-        from voucherify_ingest.rates import parse_rate_limit
+        from voucherify_ingest.rates import parse_rate_limit, parse_share, reserve_fraction
 
-        parse_rate_limit(self.rate_limit)  # ConfigError naming VOUCHERIFY_RATE_LIMIT
+        limit = parse_rate_limit(self.rate_limit)  # ConfigError naming VOUCHERIFY_RATE_LIMIT
+        reserve_fraction(self.rate_reserve, limit)  # ConfigError naming VOUCHERIFY_RATE_RESERVE
+        parse_share(self.lane_bulk_min_share, name="VOUCHERIFY_LANE_BULK_MIN_SHARE")
+        from voucherify_ingest.cycle import check_settings
+
+        check_settings(self)  # ConfigErrors naming VOUCHERIFY_CYCLE_*
 
     @property
     def api_in_clear(self) -> bool:

@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from celery import Celery, signals
 
+from voucherify_ingest.lanes import LANES, lane_queue
 from voucherify_ingest.logs import configure_logging
 from voucherify_ingest.settings import Settings
 
@@ -49,6 +50,8 @@ def broker_transport_options(settings: Settings) -> dict:
         "socket_keepalive_options": keepalive_options(),
         "health_check_interval": 25,
         **sentinel_transport_options(settings),
+        # Lanes: the live list is always read before the bulk one (worker/transport.py).
+        "lane_order": tuple(lane_queue(settings.queue, lane) for lane in LANES),
     }
 
 

@@ -39,6 +39,7 @@ from voucherify_ingest.errors import (
 from voucherify_ingest.events import validate_event
 from voucherify_ingest.indoubt import RESEND, RESENT, Policies, SendRecord
 from voucherify_ingest.keys import Keys
+from voucherify_ingest.lanes import BULK, LIVE, lane_of
 from voucherify_ingest.logs import mask_secrets
 from voucherify_ingest.messages import EVENT_ID_RE, batch_message, event_message
 from voucherify_ingest.settings import Settings
@@ -53,6 +54,7 @@ from worker.outcome import Outcome
 from worker.pacing import comeback_delay, pause_after_429
 
 BUSY_RETRY_S = 2.0
+CYCLE_RECHECK_S = 10.0  # an event waiting out a spent cycle looks again this often
 
 
 def _masked(error: dict[str, Any]) -> dict[str, Any]:
@@ -68,9 +70,10 @@ class OutcomeNotStored(Exception):
 class Limiter(Protocol):
     """What delivery needs from the shared rate limiter (``worker.ratelimit``)."""
 
-    def wait_for_slot(self, max_wait_s: float, sleep) -> float | None:
+    def wait_for_slot(self, max_wait_s: float, sleep, lane: str = LIVE) -> float | None:
         """Sleep until this worker's slot (at most ``max_wait_s``) and return None: send now.
-        A number instead: do not send; park the event that many seconds (no retry used)."""
+        A number instead: do not send; park the event that many seconds (no retry used).
+        ``lane``: a live caller is served before any bulk caller not yet sent."""
 
     def acquire(self, max_wait_s: float) -> tuple[bool, float]:
         """Take a slot within ``max_wait_s`` (True, seconds to it) or take none (False, seconds
@@ -90,6 +93,7 @@ class _Tally:
     delivered: int = 0
     duplicates: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    by_lane: dict[str, int] = field(default_factory=dict)
 
 
 class Deliverer:
@@ -178,7 +182,8 @@ class Deliverer:
                 claims = self._redis_call(self.ledger.claim_many, ids, self.owner)
             for index, (envelope, event_id, payload, attempt) in enumerate(pending):
                 now = time.monotonic()
-                if index and now - started > self.batch_budget_s:
+                if index and (now - started > self.batch_budget_s or self._live_waiting(
+                        pending[index][0])):
                     rest = self._requeue(pending[index:], claims[index:])
                     for place, outcome in zip(places[index:], rest, strict=True):
                         outcomes[place] = outcome
@@ -264,8 +269,9 @@ class Deliverer:
                      paused_for_s=round(auth.paused_for_s, 1), wait_s=round(park_s, 3))
             return Outcome("deferred", event_id, "auth paused")
 
+        lane = lane_of(envelope)
         if self.limiter is not None:
-            wait_s = self._take_slot()
+            wait_s = self._take_slot(lane)
             if wait_s is not None:
                 self._store(
                     lambda pipe: (
@@ -302,12 +308,14 @@ class Deliverer:
                         budget_s=self.delivered_budget_s,
                         transaction=False)
             tally.delivered += 1
+            tally.by_lane[lane] = tally.by_lane.get(lane, 0) + 1
             tally.latencies_ms.append(result.latency_ms)
         else:
             self._store(
                 lambda pipe: (
                     self.ledger.mark_delivered(pipe, event_id, self.owner),
-                    self.stats.record(pipe, {"delivered": 1, "attempts": 1}, result.latency_ms),
+                    self.stats.record(pipe, {"delivered": 1, f"delivered:{lane}": 1,
+                                             "attempts": 1}, result.latency_ms),
                 ),
                 budget_s=self.delivered_budget_s,
             )
@@ -323,11 +331,21 @@ class Deliverer:
         )
         return Outcome("delivered", event_id)
 
-    def _take_slot(self) -> float | None:
+    def _take_slot(self, lane: str = LIVE) -> float | None:
         """Wait for a rate-limit slot: None when it is ours, else seconds to park the event."""
         return self._redis_call(
-            self.limiter.wait_for_slot, self.settings.rate_limit_max_wait_s, self.sleep
+            self.limiter.wait_for_slot, self.settings.rate_limit_max_wait_s, self.sleep, lane
         )
+
+    def _live_waiting(self, envelope: dict) -> bool:
+        """A bulk batch gives its thread up between events while live events wait in their
+        list (every thread may be holding a bulk batch): the rest goes back to the bulk lane."""
+        if lane_of(envelope) != BULK or self.limiter is None:
+            return False
+        try:
+            return bool(self.redis.llen(self.keys.lane_queue(LIVE)))
+        except redis.RedisError:
+            return False
 
     def _failed(
         self, log, envelope: dict, event_id: str, payload: dict, attempt: int, exc: DeliveryError
@@ -338,6 +356,8 @@ class Deliverer:
             counts["http_429"] = 1
         if exc.in_doubt:  # policy resend: sent again as before, and counted
             counts[RESENT] = 1
+        if isinstance(exc, QuotaExhausted):
+            return self._cycle_spent(log, envelope, event_id, exc, counts)
         if isinstance(exc, RateLimited):
             return self._paced(log, envelope, event_id, exc, counts, latency)
         if isinstance(exc, AuthRejected):
@@ -453,6 +473,30 @@ class Deliverer:
             self.log.warning("auth_pause_ended", paused_for_s=round(auth.paused_for_s or 0, 1),
                              message="the API accepts the credentials again; delivery resumes")
 
+    def _cycle_spent(self, log, envelope: dict, event_id: str, exc: DeliveryError,
+                     counts: dict) -> Outcome:
+        """402, or 429 ``api_calls_cycle``: the billing cycle's calls are spent. Every worker
+        pauses until the cycle resets (the limiter's shared block) and the event waits, its
+        attempt not counted: nothing is dead-lettered for a quota (docs/lanes-and-rate-limit)."""
+        if self.limiter is not None and hasattr(self.limiter, "on_cycle_spent"):
+            until_s = self._redis_call(self.limiter.on_cycle_spent)
+            wait_s = min(until_s, CYCLE_RECHECK_S)
+        else:  # no shared limiter to hold the pause: this event waits the longest backoff
+            until_s = wait_s = self.settings.backoff_max_s
+        self._store(
+            lambda pipe: (
+                self.ledger.release(pipe, event_id, self.owner, DROP),
+                self._defer(pipe, envelope, wait_s),
+                self.stats.record(pipe, {**counts, "cycle_spent": 1}),
+            )
+        )
+        log.error("delivery", outcome="deferred", why="cycle_spent", status=exc.status,
+                  request_id=exc.request_id, paused_s=round(until_s, 1),
+                  message="Voucherify says this billing cycle's API calls are spent; every "
+                  "worker waits until the cycle resets (VOUCHERIFY_CYCLE_RESET_DAY); "
+                  "nothing is dead-lettered")
+        return Outcome("deferred", event_id, "cycle spent")
+
     def _dead_letter_invalid(
         self, raw: Any, messages: dict, *, event_id: str | None = None
     ) -> Outcome:
@@ -477,14 +521,15 @@ class Deliverer:
 
     def _requeue(self, rest: list[tuple[dict, str, dict, int]], claims: list[int]) -> list[Outcome]:
         """The batch ran out of time: its unstarted events go back as one new batch message."""
-        message = batch_message([p[0] for p in rest], self.settings.queue)
+        queue = self.keys.lane_queue(lane_of(rest[0][0]))
+        message = batch_message([p[0] for p in rest], queue)
 
         def fill(pipe):
             for (_, event_id, _, _), claim in zip(rest, claims, strict=True):
                 if claim in (CLAIMED, IN_DOUBT):
                     keep = KEEP if claim == IN_DOUBT else DROP
                     self.ledger.release(pipe, event_id, self.owner, keep)
-            pipe.rpush(self.settings.queue, message)  # the consuming end: next in line
+            pipe.rpush(queue, message)  # the consuming end: next in line
 
         self._store(fill)
         self.log.info("batch_requeued", events=len(rest), budget_s=round(self.batch_budget_s, 1))
@@ -493,7 +538,8 @@ class Deliverer:
     def _flush(self, tally: _Tally) -> None:
         """Write a batch's counters; best effort (the outcomes themselves are stored)."""
         counts = {"delivered": tally.delivered, "attempts": tally.delivered,
-                  "duplicates_avoided": tally.duplicates}
+                  "duplicates_avoided": tally.duplicates,
+                  **{f"delivered:{lane}": n for lane, n in tally.by_lane.items()}}
         counts = {name: value for name, value in counts.items() if value}
         if not counts:
             return
@@ -509,8 +555,9 @@ class Deliverer:
 
     def _defer(self, pipe, envelope: dict, delay_s: float) -> None:
         """Queue the SCHEDULE script on ``pipe``: the message waits in the delayed set."""
-        message = event_message(envelope, self.settings.queue)
-        self.delayed.schedule_on(pipe, message, delay_s)
+        lane = lane_of(envelope)
+        message = event_message(envelope, self.keys.lane_queue(lane))
+        self.delayed.schedule_on(pipe, message, delay_s, lane)
 
     def _store(
         self, fill, *, dead_letter: dict | None = None, retries: int = 2,

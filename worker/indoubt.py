@@ -29,6 +29,7 @@ from voucherify_ingest.indoubt import (
     VERIFIED_DELIVERED,
     SendRecord,
 )
+from voucherify_ingest.lanes import BULK
 from worker.activity import ABSENT, FOUND, ActivityLookup
 from worker.backoff import backoff_delay
 from worker.ledger import DROP, KEEP
@@ -111,7 +112,9 @@ class Settler:
         limiter = self.d.limiter
         if limiter is None:
             return
-        granted, wait_s = self.d._redis_call(limiter.acquire, self.slot_wait_s)
+        # Lookups yield to live events: they take slots as the bulk lane does (and count
+        # against its cycle allowance), never ahead of a waiting live event.
+        granted, wait_s = self.d._redis_call(limiter.acquire, self.slot_wait_s, BULK)
         if not granted:
             raise _NoSlot(wait_s)
         if wait_s > 0:

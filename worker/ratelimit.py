@@ -19,6 +19,15 @@ the Redis server (``TIME``), never from worker clocks, and the state is one numb
   ``X-Rate-Limit-Retry``; an ``X-Rate-Limit-Limit`` below the configured limit lowers the
   pace, and a later, higher one raises it again (never above the configured limit).
 
+- Lanes: a live caller takes the next free slot; a bulk caller only one within about one
+  interval, so live events overtake every bulk event not yet sent, and bulk fills every slot
+  live leaves (``VOUCHERIFY_LANE_BULK_MIN_SHARE`` gives bulk a floor).
+- ``VOUCHERIFY_RATE_RESERVE``: the pace is the limit less the reserve, and ``keep_reserve``
+  pauses everyone when ``X-Rate-Limit-Remaining`` says other clients spent into it.
+- ``VOUCHERIFY_CYCLE_QUOTA``: each slot is counted against the billing cycle in the same script
+  that grants it (``voucherify_ingest/cycle.py``); a 402 blocks every caller until the reset.
+  See docs/lanes-and-rate-limit.md.
+
 ``VOUCHERIFY_RATE_LIMIT``: ``100/min``, ``2000/min``, ``25/s``, ``100/hour``, with an optional
 burst ``100/min,burst=10`` (or ``100/min:10``); ``off``, ``0`` or empty disables the limiter.
 """
@@ -34,56 +43,133 @@ from typing import Any
 import redis
 import structlog
 
+from voucherify_ingest.cycle import Cycle, CycleQuota, blocked_key, cycle_key
+from voucherify_ingest.lanes import BULK, LIVE
 from voucherify_ingest.rates import (  # noqa: F401 - re-exported for the limiter's callers
     ENV_NAME,
     OFF_VALUES,
     RateLimit,
     limiter_key,
     parse_rate_limit,
+    parse_share,
+    reserve_fraction,
 )
 
 DEFAULT_COOLDOWN_S = 5.0  # a 429 that names no time: pause this long
 MAX_COOLDOWN_S = 3600.0  # never trust a header to pause us longer than the Sandbox hour
 MIN_LATE_TOLERANCE_S = 0.01
+MIN_BULK_HORIZON_S = 0.02  # bulk may hold a slot this far ahead at least (thread wake-ups)
+BULK_STARVED_LOG_S = 10.0  # bulk refused this long: say so (once per starvation)
+QUOTA_RECHECK_S = 10.0  # an event refused for the cycle quota comes back this often to look
 
 
-# ACQUIRE: take the next slot if it is within max_wait, else a place in line (nothing taken).
+# ACQUIRE: take the next slot if it is within reach, else a place in line (nothing taken).
 #   KEYS[1] = {p}:rl:{h}           TAT: theoretical arrival time, epoch microseconds
 #   KEYS[2] = {p}:rl:{h}:cooldown  no slot before this epoch microsecond (set after a 429)
 #   KEYS[3] = {p}:rl:{h}:parked    the place in line given to the last caller told to park
+#   KEYS[4] = {p}:rl:{h}:bulkline  the place in line given to the last bulk caller told to wait
+#   KEYS[5] = {p}:rl:{h}:credit    bulk's minimum-share credit (slots it may take like live)
+#   KEYS[6] = {p}:rl:{h}:starved   epoch us since when bulk callers have been refused
+#   KEYS[7] = {p}:rl:{h}:reserve   no slot before this epoch microsecond (the rate reserve)
 #   ARGV[1] = emission interval T, microseconds (period / count)
 #   ARGV[2] = burst tolerance tau = T * (burst - 1), microseconds
 #   ARGV[3] = max wait, microseconds
-# Returns {granted (1|0), wait_us, now_us}. granted: the slot is now + wait_us and is taken.
-# Not granted: nothing taken; wait_us is how far away the caller's place in line is.
-# A slot is at max(now, TAT - tau); taking it moves TAT on by T. A cool-down pins TAT to
-# cooldown + tau: the first slot after it is at its end and the rest follow at pace T (no burst).
-# Numbers stay below 2^53 (exact in Lua's doubles); '%.0f' writes them without an exponent.
+#   ARGV[4] = lane: 0 live, 1 bulk
+#   ARGV[5] = bulk horizon, microseconds: the furthest ahead a bulk caller may hold a slot
+#   ARGV[6] = bulk credit earned per live slot while bulk is refused (0: strict priority)
+#   KEYS[8] = {p}:rl:{h}:cycle:{start}  calls counted this billing cycle (hash total/live/bulk)
+#   KEYS[9] = {p}:rl:{h}:cycle_blocked  the API said the cycle is spent: nothing until then
+#   ARGV[7] = cycle cap for any lane (quota - reserve), -1 when no cycle accounting
+#   ARGV[8] = cycle cap for the bulk lane   ARGV[9] = the cycle key's time to live, ms
+# Returns {granted (1|0), wait_us, now_us, starved_since_us, quota (0 | 1 cap spent | 2 API
+# said the cycle is spent: wait_us is how long)}. granted: the slot is now + wait_us
+# and is taken. Not granted: nothing taken; wait_us is how far away the caller's place in line
+# is (bulk: when to try again). A slot is at max(now, TAT - tau); taking it moves TAT on by T.
+# A cool-down pins TAT to cooldown + tau: the first slot after it is at its end and the rest
+# follow at pace T (no burst). Live takes any slot within max wait; bulk only one within the
+# horizon (about one interval), so a live caller arriving now finds the next slot or the one
+# after it free, ahead of every bulk event not yet sent, and bulk still fills every slot no live
+# caller wants. Numbers stay below 2^53 (exact in Lua's doubles); '%.0f' writes them whole.
 ACQUIRE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local tau = tonumber(ARGV[2])
 local max_wait = tonumber(ARGV[3])
-local state = redis.call('MGET', KEYS[1], KEYS[2])
+local bulk = tonumber(ARGV[4]) == 1
+local blocked = tonumber(redis.call('GET', KEYS[9]) or 0)
+if blocked > now then return {0, blocked - now, now, 0, 2} end
+local cap = tonumber(ARGV[7])
+local lane = 'live'
+if bulk then lane = 'bulk' end
+if cap >= 0 then
+  local used = redis.call('HMGET', KEYS[8], 'total', 'bulk')
+  if tonumber(used[1] or 0) >= cap or (bulk and tonumber(used[2] or 0) >= tonumber(ARGV[8])) then
+    return {0, 0, now, 0, 1}
+  end
+end
+local state = redis.call('MGET', KEYS[1], KEYS[2], KEYS[7])
 local tat = tonumber(state[1] or 0)
 if tat < now then tat = now end
 local cool = tonumber(state[2] or 0)
+local held = tonumber(state[3] or 0)
+if held > cool then cool = held end
 if cool > tat - tau then tat = cool + tau end
 local slot = tat - tau
 if slot < now then slot = now end
 local wait = slot - now
-if wait <= max_wait then
+local reach = max_wait
+local credit = 0
+if bulk then
+  reach = tonumber(ARGV[5])
+  if reach > max_wait then reach = max_wait end
+  if wait > reach and wait <= max_wait then
+    credit = tonumber(redis.call('GET', KEYS[5]) or 0)
+    if credit >= 1 then reach = max_wait end
+  end
+end
+if wait <= reach then
   local new_tat = tat + interval
   local ttl_ms = math.ceil((new_tat - now) / 1000) + 1000
   redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl_ms)
-  return {1, wait, now}
+  if cap >= 0 then
+    redis.call('HINCRBY', KEYS[8], 'total', 1)
+    redis.call('HINCRBY', KEYS[8], lane, 1)
+    redis.call('PEXPIRE', KEYS[8], tonumber(ARGV[9]))
+  end
+  if bulk then
+    redis.call('DEL', KEYS[6])
+    if credit >= 1 then redis.call('SET', KEYS[5], tostring(credit - 1), 'PX', 60000) end
+  else
+    local share = tonumber(ARGV[6])
+    if share > 0 and redis.call('EXISTS', KEYS[6]) == 1 then
+      local c = tonumber(redis.call('GET', KEYS[5]) or 0) + share
+      if c > 1 + share then c = 1 + share end
+      redis.call('SET', KEYS[5], tostring(c), 'PX', 60000)
+    end
+  end
+  return {1, wait, now, 0, 0}
+end
+if bulk then
+  local since = tonumber(redis.call('GET', KEYS[6]) or 0)
+  if since == 0 then since = now end
+  redis.call('SET', KEYS[6], string.format('%.0f', since), 'PX', 10000)
+  -- Waiters are spread over the next four intervals after the slot comes within reach
+  -- (round robin), so a few try each interval: none is sent far back, and no herd wakes.
+  local due = slot - reach
+  local place = tonumber(redis.call('GET', KEYS[4]) or 0) + interval
+  if place < due then place = due end
+  place = due + math.fmod(place - due, 4 * interval)
+  if place < now then place = now end
+  redis.call('SET', KEYS[4], string.format('%.0f', place),
+    'PX', math.ceil((place - now) / 1000) + 1000)
+  return {0, place - now, now, since, 0}
 end
 local place = tonumber(redis.call('GET', KEYS[3]) or 0) + interval
 if place < slot then place = slot end
 local ttl_ms = math.ceil((place - now) / 1000) + 1000
 redis.call('SET', KEYS[3], string.format('%.0f', place), 'PX', ttl_ms)
-return {0, place - now, now}
+return {0, place - now, now, 0, 0}
 """
 
 # COOL_DOWN: after a 429, no slot before now + ARGV[1] (a longer cool-down already set stays).
@@ -100,12 +186,16 @@ redis.call('SET', KEYS[1], string.format('%.0f', want), 'PX', ttl_ms)
 return {want - now, 1}
 """
 
-# PAUSED_FOR: microseconds of shared cool-down left (0 when none).
-#   KEYS[1] = {p}:rl:{h}:cooldown
+# PAUSED_FOR: microseconds of shared cool-down (or reserve pause) left (0 when none).
+#   KEYS[1] = {p}:rl:{h}:cooldown   KEYS[2] = {p}:rl:{h}:reserve (optional)
 PAUSED_FOR_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local cur = tonumber(redis.call('GET', KEYS[1]) or 0)
+if KEYS[2] then
+  local held = tonumber(redis.call('GET', KEYS[2]) or 0)
+  if held > cur then cur = held end
+end
 if cur > now then return cur - now end
 return 0
 """
@@ -125,6 +215,7 @@ class Grant:
     granted: bool
     wait_s: float
     redis_now_s: float
+    quota: int = 0  # 1: this lane's cycle allowance is spent; 2: the API said the cycle is
 
 
 class RateLimiter:
@@ -136,19 +227,43 @@ class RateLimiter:
         {p}:rl:{h}            string  GCRA theoretical arrival time, epoch microseconds
         {p}:rl:{h}:cooldown   string  shared cool-down after a 429, until epoch microseconds
         {p}:rl:{h}:parked     string  place in line of the last caller told to park
+        {p}:rl:{h}:bulkline   string  place in line of the last bulk caller told to wait
+        {p}:rl:{h}:credit     string  bulk's minimum-share credit (only with a share)
+        {p}:rl:{h}:starved    string  since when bulk callers have been refused
+        {p}:rl:{h}:reserve    string  reserve pause (VOUCHERIFY_RATE_RESERVE) until
+        {p}:rl:{h}:cycle:{s}  hash    calls counted in the cycle starting at s (total/live/bulk)
+        {p}:rl:{h}:cycle_blocked  string  the API said the cycle is spent: nothing until
 
     Each key expires on its own once it no longer constrains anything, so an idle project
     leaves nothing behind. Workers share a budget when they share Redis, the key prefix, the
     app id and the API base URL. One instance per process, shared by its threads.
     """
 
-    def __init__(self, client: redis.Redis, limit: RateLimit, *, key: str):
+    def __init__(
+        self, client: redis.Redis, limit: RateLimit, *, key: str, reserve: str = "",
+        bulk_min_share: float = 0.0, cycle: CycleQuota | None = None,
+        cycle_clock: CycleQuota | None = None,
+    ):
         self.redis = client
         self.configured = limit
         self.limit = limit
         self.key = key
         self.cooldown_key = f"{key}:cooldown"
         self.parked_key = f"{key}:parked"
+        self.bulkline_key = f"{key}:bulkline"
+        self.credit_key = f"{key}:credit"
+        self.starved_key = f"{key}:starved"
+        self.reserve_key = f"{key}:reserve"
+        self.reserve_spec = reserve  # VOUCHERIFY_RATE_RESERVE: "20%", "20/min" or ""
+        # Bulk's credit per live slot while bulk waits: share s of the slots is s/(1-s) per live.
+        self.bulk_credit = bulk_min_share / (1 - bulk_min_share) if bulk_min_share else 0.0
+        self._starved_logged = False
+        self.cycle = cycle  # VOUCHERIFY_CYCLE_QUOTA (None: no cycle accounting)
+        # When cycles reset (VOUCHERIFY_CYCLE_RESET_DAY), known even without a quota: a 402
+        # pauses the fleet until then.
+        self.cycle_clock = cycle or cycle_clock or CycleQuota(quota=0)
+        self.blocked_key = blocked_key(key)
+        self._quota_logged: set[tuple[str, str]] = set()  # (cycle, lane) said once
         self._acquire = client.register_script(ACQUIRE_LUA)
         self._cool_down = client.register_script(COOL_DOWN_LUA)
         self._paused_for = client.register_script(PAUSED_FOR_LUA)
@@ -162,37 +277,123 @@ class RateLimiter:
         if limit is None:
             return None
         key = limiter_key(settings.key_prefix, settings.app_id, settings.api_base)
-        return cls(client, limit, key=key)
+        return cls(client, limit, key=key, reserve=settings.rate_reserve,
+                   bulk_min_share=parse_share(settings.lane_bulk_min_share,
+                                              name="VOUCHERIFY_LANE_BULK_MIN_SHARE"),
+                   cycle=CycleQuota.from_settings(settings),
+                   cycle_clock=CycleQuota(quota=0, reset_day=settings.cycle_reset_day,
+                                          length_s=settings.cycle_length_s))
 
     # -- taking slots -------------------------------------------------------------------------
 
-    def reserve(self, max_wait_s: float) -> Grant:
+    @property
+    def reserve_fraction(self) -> float:
+        """The share of the limit kept for other clients (``VOUCHERIFY_RATE_RESERVE``)."""
+        return reserve_fraction(self.reserve_spec, self.limit)
+
+    @property
+    def pace_interval_s(self) -> float:
+        """The fleet's own pace: the limit less the reserve."""
+        return self.limit.interval_s / (1.0 - self.reserve_fraction)
+
+    def reserve(self, max_wait_s: float, lane: str = LIVE) -> Grant:
         """One round trip to the ACQUIRE script (see above it for the arithmetic)."""
         limit = self.limit
-        interval_us = math.ceil(limit.interval_s * 1_000_000)
+        interval_us = math.ceil(self.pace_interval_s * 1_000_000)
         tau_us = interval_us * (limit.burst - 1)
         max_wait_us = max(0, int(max_wait_s * 1_000_000))
-        granted, wait_us, now_us = self._acquire(
-            keys=[self.key, self.cooldown_key, self.parked_key],
-            args=[interval_us, tau_us, max_wait_us],
+        horizon_us = max(interval_us, int(MIN_BULK_HORIZON_S * 1_000_000))
+        cycle, caps = self._cycle_now()
+        granted, wait_us, now_us, starved_us, quota = self._acquire(
+            keys=[self.key, self.cooldown_key, self.parked_key, self.bulkline_key,
+                  self.credit_key, self.starved_key, self.reserve_key,
+                  cycle_key(self.key, cycle) if cycle else f"{self.key}:cycle:off",
+                  self.blocked_key],
+            args=[interval_us, tau_us, max_wait_us, 1 if lane == BULK else 0, horizon_us,
+                  repr(self.bulk_credit), *caps],
         )
-        return Grant(bool(granted), int(wait_us) / 1e6, int(now_us) / 1e6)
+        if lane == BULK:
+            self._note_starvation(int(starved_us), int(now_us))
+        return Grant(bool(granted), int(wait_us) / 1e6, int(now_us) / 1e6, int(quota))
 
-    def acquire(self, max_wait_s: float) -> tuple[bool, float]:
+    def _cycle_now(self) -> tuple[Cycle | None, list[int]]:
+        """This cycle and the script's ``[cap, bulk cap, key ttl ms]`` (cap -1: no accounting)."""
+        if self.cycle is None:
+            return None, [-1, -1, 0]
+        cycle = self.cycle.cycle_at(time.time())
+        ttl_ms = int((cycle.end_s - cycle.start_s) * 1000) + 7 * 86_400_000
+        return cycle, [self.cycle.live_cap, self.cycle.bulk_cap, ttl_ms]
+
+    def _quota_wait(self, grant: Grant, lane: str) -> float:
+        """How long to park an event refused for the cycle quota, saying so once per cycle."""
+        cycle = self.cycle.cycle_at(time.time()) if self.cycle else None
+        until_reset = (cycle.end_s - time.time()) if cycle else grant.wait_s
+        if grant.quota == 2:
+            until_reset = grant.wait_s
+        mark = (cycle.tag if cycle else "", lane if grant.quota == 1 else "api")
+        if mark not in self._quota_logged:
+            self._quota_logged.add(mark)
+            self.log.error(
+                "cycle_quota_pause", lane=lane if grant.quota == 1 else "all",
+                resumes_in_s=round(until_reset, 1),
+                message=(f"the {lane} lane's allowance of this billing cycle is spent "
+                         "(VOUCHERIFY_CYCLE_QUOTA, VOUCHERIFY_CYCLE_BULK_SHARE, "
+                         "VOUCHERIFY_CYCLE_RESERVE); its events wait for the next cycle or a "
+                         "higher allowance, nothing is dead-lettered")
+                if grant.quota == 1 else
+                "the API says this billing cycle's calls are spent (402 or api_calls_cycle); "
+                "every worker waits until the cycle resets, nothing is dead-lettered",
+            )
+        return max(0.0, min(until_reset, QUOTA_RECHECK_S))
+
+    def _refund(self, lane: str) -> None:
+        """A granted slot left unused makes no call: take it off this cycle's count."""
+        if self.cycle is None:
+            return
+        key = cycle_key(self.key, self.cycle.cycle_at(time.time()))
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hincrby(key, "total", -1)
+            pipe.hincrby(key, lane, -1)
+            pipe.execute()
+
+    def on_cycle_spent(self) -> float:
+        """The API answered 402 (or 429 ``api_calls_cycle``): no worker calls it again before
+        the cycle resets (``VOUCHERIFY_CYCLE_RESET_DAY``). Returns the seconds to wait."""
+        until_s = max(1.0, self.cycle_clock.cycle_at(time.time()).end_s - time.time())
+        self._cool_down(keys=[self.blocked_key], args=[int(until_s * 1_000_000)])
+        return until_s
+
+    def _note_starvation(self, since_us: int, now_us: int) -> None:
+        """Log once when bulk has had no slot for a while (live events take them all)."""
+        if not since_us:
+            if self._starved_logged:
+                self.log.info("bulk_lane_resumed")
+            self._starved_logged = False
+            return
+        starved_s = (now_us - since_us) / 1e6
+        if starved_s >= BULK_STARVED_LOG_S and not self._starved_logged:
+            self._starved_logged = True
+            self.log.warning(
+                "bulk_lane_starved", starved_s=round(starved_s, 1),
+                message="live events have taken every rate-limit slot; bulk events wait "
+                "(set VOUCHERIFY_LANE_BULK_MIN_SHARE to give bulk a minimum share)",
+            )
+
+    def acquire(self, max_wait_s: float, lane: str = LIVE) -> tuple[bool, float]:
         """``(True, wait)``: the slot is ``wait`` seconds away (:meth:`wait_for_slot` sleeps
         and re-checks). ``(False, park)``: nothing taken; park the event ``park`` seconds.
 
         A parked event is told to come back half of ``max_wait_s`` before its place in line,
         so that its slot is then most likely within reach."""
-        grant = self.reserve(max_wait_s)
+        grant = self.reserve(max_wait_s, lane)
         if grant.granted:
             return True, grant.wait_s
         return False, max(0.0, grant.wait_s - max_wait_s / 2)
 
     def paused_for(self) -> float:
-        """Seconds of shared cool-down left. Call it after sleeping for a slot: a 429 seen by
-        another worker meanwhile means this slot must not be used."""
-        return int(self._paused_for(keys=[self.cooldown_key])) / 1e6
+        """Seconds of shared cool-down (or reserve pause) left. Call it after sleeping for a
+        slot: a 429 seen by another worker meanwhile means this slot must not be used."""
+        return int(self._paused_for(keys=[self.cooldown_key, self.reserve_key])) / 1e6
 
     @property
     def late_tolerance_s(self) -> float:
@@ -201,7 +402,9 @@ class RateLimiter:
         limit allows anyway; the other half is left for the way from here to the wire."""
         return max(self.limit.interval_s * self.limit.burst / 2, MIN_LATE_TOLERANCE_S)
 
-    def wait_for_slot(self, max_wait_s: float, sleep=time.sleep) -> float | None:
+    def wait_for_slot(
+        self, max_wait_s: float, sleep=time.sleep, lane: str = LIVE
+    ) -> float | None:
         """Take a slot and sleep until it: None means send now; a number means do not send,
         park the event that many seconds (no slot within ``max_wait_s``, or a cool-down began
         while we slept).
@@ -209,10 +412,20 @@ class RateLimiter:
         Waking late (a stalled host, CPU starvation, a GC pause) would send this slot on top of
         the next ones and crowd the API's window, so a slot missed by more than
         :attr:`late_tolerance_s` is left unused and a fresh one taken within what is left of
-        ``max_wait_s`` (the message stays unacknowledged no longer than that bound)."""
+        ``max_wait_s`` (the message stays unacknowledged no longer than that bound).
+
+        A ``bulk`` caller is refused slots further ahead than about one interval; it sleeps
+        until its place in the bulk line and asks again, within the same bound, so that a live
+        caller arriving meanwhile is served first."""
         budget_s = max_wait_s
         while True:
-            grant = self.reserve(budget_s)
+            grant = self.reserve(budget_s, lane)
+            if grant.quota:
+                return self._quota_wait(grant, lane)
+            if not grant.granted and lane == BULK and grant.wait_s < budget_s:
+                sleep(grant.wait_s)
+                budget_s -= grant.wait_s
+                continue
             if not grant.granted:
                 return max(0.0, grant.wait_s - max_wait_s / 2)
             if grant.wait_s <= 0:
@@ -221,10 +434,12 @@ class RateLimiter:
             sleep(grant.wait_s)
             paused_s = self.paused_for()
             if paused_s > 0:
+                self._refund(lane)
                 return paused_s
             late_s = time.monotonic() - due
             if late_s <= self.late_tolerance_s:
                 return None
+            self._refund(lane)
             self.log.info("rate_limit_slot_missed", late_s=round(late_s, 3))
             budget_s = max(0.0, budget_s - grant.wait_s - late_s)
 
@@ -254,8 +469,37 @@ class RateLimiter:
                              limit=str(self.limit))
         return left_s
 
+    def keep_reserve(self, hints: Any) -> float:
+        """Keep ``VOUCHERIFY_RATE_RESERVE`` unspent: when ``X-Rate-Limit-Remaining`` is below
+        the reserve's share of ``X-Rate-Limit-Limit`` (other clients of the project spent
+        more than they were left), every worker pauses until the API's window has refilled
+        the difference at the limit's pace. Returns the pause begun (0 when none). Never
+        raises: the send itself went through."""
+        fraction = self.reserve_fraction
+        remaining = getattr(hints, "remaining", None)
+        api_limit = getattr(hints, "limit", None)
+        if not fraction or remaining is None or not api_limit or api_limit <= 0:
+            return 0.0
+        keep = math.ceil(fraction * api_limit)
+        if remaining >= keep:
+            return 0.0
+        pause_s = min((keep - remaining) * self.limit.period_s / api_limit, MAX_COOLDOWN_S)
+        try:
+            left_us, moved = self._cool_down(
+                keys=[self.reserve_key], args=[int(pause_s * 1_000_000)]
+            )
+        except redis.RedisError as exc:
+            self.log.warning("rate_reserve_pause_not_stored", error=type(exc).__name__)
+            return 0.0
+        if moved:
+            self.log.info("rate_reserve_pause", pause_s=round(int(left_us) / 1e6, 3),
+                          remaining=remaining, keep=keep, api_limit=api_limit)
+        return pause_s
+
     def observe(self, hints: Any) -> None:
         """Read the rate-limit headers of a successful answer. Never raises.
+
+        - Below the reserve (``VOUCHERIFY_RATE_RESERVE``): a shared pause, :meth:`keep_reserve`.
 
         - ``X-Rate-Limit-Remaining: 0`` with an ``X-Rate-Limit-Retry`` in the future: the API's
           budget is spent (something else shares the project, or the plan is smaller), so the
@@ -265,6 +509,7 @@ class RateLimiter:
           Voucherify states plan limits per minute (per hour for the Sandbox and older plans),
           so the header is compared only with a limit given per minute or per hour, in that
           unit; a per-second limit is taken as exact (dedicated clusters, tests)."""
+        self.keep_reserve(hints)
         retry_at = getattr(hints, "retry_at_epoch_s", None)
         if getattr(hints, "remaining", None) == 0 and retry_at and retry_at > time.time():
             try:

@@ -16,6 +16,12 @@ crash on a message that is not a kombu message.
    ``voucherify.unreadable`` (registered nowhere), which ``worker.poison.Consumer`` turns into
    a dead letter with reason ``invalid``.
 
+3. **Lanes in priority order.** With the ``lane_order`` transport option (the lanes' lists, first
+   served first; ``worker.app`` sets it), every take looks at the live list before the bulk one,
+   instead of kombu's round robin. When every list is empty the channel waits on the live list
+   (up to ``LANE_FIRST_WAIT_S``) and then briefly on each other lane (``LANE_OTHER_WAIT_S``),
+   so a live event arriving at an idle worker waits at most that long for a blocked read.
+
 Selected by ``broker_transport`` in ``worker.app`` (``SentinelTransport`` for a
 ``sentinel://`` URL); everything else is kombu's own transport.
 """
@@ -36,6 +42,8 @@ from kombu.utils.json import loads
 UNREADABLE_TASK = "voucherify.unreadable"
 UNREADABLE_CONTENT_TYPE = "application/x-voucherify-unreadable"
 UNREADABLE_KEEP_BYTES = 64 * 1024  # of an unreadable item, this much is kept for the dead letter
+LANE_FIRST_WAIT_S = 0.5  # idle: block this long on the first lane's list ...
+LANE_OTHER_WAIT_S = 0.05  # ... then this long on each other lane's, and take again
 
 # KEYS[1..n-2] = the queue's lists in priority order, KEYS[n-1] = {p}:unacked_index,
 # KEYS[n] = {p}:unacked.  ARGV[1] = the worker's clock (kombu scores unacked entries with it).
@@ -124,6 +132,13 @@ class _AtomicTake:
     """The consuming step as one atomic script (see the module docstring); a channel mixin."""
 
     _wait_next = False  # the last take found nothing: wait for an item before taking again
+    _wait_turn = 0  # which lane the next idle wait blocks on
+    lane_order: tuple[str, ...] = ()  # queue names, first served first (transport option)
+    from_transport_options = kombu_redis.Channel.from_transport_options + ("lane_order",)
+
+    def _in_lane_order(self, queues: list[str]) -> list[str]:
+        order = {name: i for i, name in enumerate(self.lane_order)}
+        return sorted(queues, key=lambda q: order.get(q, len(order)))
 
     def _brpop_start(self, timeout=None):
         if self.global_keyprefix:  # not used by this project; keep kombu's own path intact
@@ -135,9 +150,20 @@ class _AtomicTake:
             return
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
+        if self.lane_order:
+            queues = self._in_lane_order(queues)
         if self._wait_next:
-            first = self._q_for_pri(queues[0], 0)
+            turn = self._wait_turn % len(queues) if self.lane_order else 0
+            first = self._q_for_pri(queues[turn], 0)
+            if self.lane_order and len(queues) > 1:
+                self._wait_turn = turn + 1
+                timeout = min(timeout or LANE_FIRST_WAIT_S, LANE_FIRST_WAIT_S) if turn == 0 \
+                    else LANE_OTHER_WAIT_S
             command = ["BLMOVE", first, first, "RIGHT", "RIGHT", timeout or 0]
+        elif self.lane_order:
+            keys = [self._q_for_pri(q, pri) for q in queues for pri in self.priority_steps]
+            keys += [self.unacked_index_key, self.unacked_key]
+            command = ["EVAL", TAKE_LUA, len(keys), *keys, repr(time.time())]
         else:
             keys = [self._q_for_pri(q, pri) for pri in self.priority_steps for q in queues]
             keys += [self.unacked_index_key, self.unacked_key]

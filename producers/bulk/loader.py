@@ -29,6 +29,7 @@ from producers.producer import Producer
 from voucherify_ingest import jsoncodec
 from voucherify_ingest.errors import InvalidEvent, format_messages
 from voucherify_ingest.keys import Keys
+from voucherify_ingest.lanes import LIVE, check_lane
 from voucherify_ingest.redis_conn import broker_unavailable
 
 _canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
@@ -167,8 +168,11 @@ class BulkLoader:
         on_pause: Callable[[int], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         pause_poll_s: float = 0.5,
+        lane: str = LIVE,
     ):
         self.producer = producer
+        self.lane = check_lane(lane)
+        self.queue = producer.lane_queue(self.lane)
         self.batch_size = max(1, batch_size)
         self.id_field = id_field
         self.dry_run = dry_run
@@ -213,7 +217,7 @@ class BulkLoader:
                 payload, event_id = unwrap(record.data)
                 if event_id is None:
                     event_id = derive_event_id(payload, id_field)
-                event_id, envelope = prepare(payload, event_id)
+                event_id, envelope = prepare(payload, event_id, lane=self.lane)
             except InvalidEvent as exc:
                 reject(record.line, exc.messages, record.data)
                 continue
@@ -231,11 +235,11 @@ class BulkLoader:
             batch = self._drop_delivered(envelopes)
             if not batch:
                 return
-            messages = self.producer.messages_for(batch, self.batch_size)
+            messages = self.producer.messages_for(batch, self.batch_size, lane=self.lane)
             self._wait_for_room()
             with self.producer.redis.pipeline(transaction=False) as pipe:
                 for start in range(0, len(messages), 1000):
-                    pipe.lpush(self.producer.queue, *messages[start : start + 1000])
+                    pipe.lpush(self.queue, *messages[start : start + 1000])
                 pipe.execute()
         except redis.RedisError as exc:  # down, or refusing writes (OOM, read-only replica)
             raise broker_unavailable(self.producer.settings.redis_url, exc) from None
@@ -261,7 +265,7 @@ class BulkLoader:
         limit_messages = max(1, self.max_queue // self.batch_size)
         started = None
         while True:
-            length = self.producer.queue_length()
+            length = self.producer.queue_length(self.lane)
             if length <= limit_messages:
                 break
             if started is None:

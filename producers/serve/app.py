@@ -15,6 +15,9 @@ answer in time). A caller's own ``X-Ingest-Event-Id`` is stored scoped to its in
 (``producers/serve/eventids.py``). 200 means the event is in Redis,
 or, when ``VOUCHERIFY_SPOOL_DIR`` is set, fsync'd in the producer's spool
 (``producers/spool.py``), which drains to Redis once it answers again.
+
+The optional header ``X-Ingest-Lane: bulk`` puts the event on the bulk lane (default live;
+an unknown lane is a 400); bulk events are never spooled.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from voucherify_ingest.errors import (
     format_messages,
 )
 from voucherify_ingest.events import fast_validate, validate_event
+from voucherify_ingest.lanes import LIVE, UnknownLane, check_lane, lane_queue
 from voucherify_ingest.messages import event_message
 from voucherify_ingest.redis_conn import make_redis
 from voucherify_ingest.settings import Settings
@@ -59,6 +63,7 @@ BODY_SLACK_FACTOR = 2
 
 #: A caller may choose the event id (a retry with the same id is delivered once: the ledger).
 _EVENT_ID_REQUEST = EVENT_ID_HEADER
+_LANE_REQUEST = b"x-ingest-lane"  # optional: live (default) or bulk
 _JSON = b"application/json"
 _CLOSE = (b"connection", b"close")
 _OK_HEALTH = b'{"status":"ok"}'
@@ -85,6 +90,7 @@ class IngestApp:
         # Only stamp() is used: the LPUSH is ours (async, batched).
         self.producer = Producer(settings.replace(spool_dir=""), client=_NoSyncClient())
         self.pusher = pusher or BatchPusher.for_settings(settings)
+        self.lane_pushers: dict[str, BatchPusher] = {}  # other lanes', made on first use
         self.spool = None
         if settings.spool_dir:  # its fsync'd appends run in a thread, off the event loop
             from producers.spool import Spool
@@ -123,6 +129,8 @@ class IngestApp:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.pusher.close()
+                for other in self.lane_pushers.values():
+                    await other.close()
                 self.log.info(
                     "serve_pushed", events=self.pusher.pushed, round_trips=self.pusher.batches,
                     answered_503=self.unavailable, pid=os.getpid(),
@@ -147,7 +155,7 @@ class IngestApp:
         return _error(404, f"no route for {method} {path[:200]}")
 
     async def _events(self, scope: dict, receive: Any) -> Response:
-        content_type = app_id = app_token = authorization = event_id = length = None
+        content_type = app_id = app_token = authorization = event_id = length = lane = None
         for name, value in scope["headers"]:  # a loop beats a dict of them: most are skipped
             if name == b"content-type":
                 content_type = value
@@ -161,6 +169,8 @@ class IngestApp:
                 authorization = value
             elif name == _EVENT_ID_REQUEST:
                 event_id = value
+            elif name == _LANE_REQUEST:
+                lane = value
         caller = self.auth.identify(app_id, app_token, authorization)
         if caller is None:
             return _error(401, "send X-App-Id and X-App-Token (or Authorization: Bearer) "
@@ -170,6 +180,13 @@ class IngestApp:
             if wait_s:
                 after = b"%d" % CallerRateLimit.retry_after(wait_s)
                 return _error(429, None, (b"retry-after", after))
+        if lane is not None:
+            try:
+                lane = check_lane(lane.decode("latin-1"))
+            except UnknownLane as exc:
+                return _error(400, f"X-Ingest-Lane: {exc}")
+            if lane == LIVE:
+                lane = None
         if content_type != _JSON and not is_json_media_type(content_type):
             return _error(415, "send the event as Content-Type: application/json")
         limit = self.max_body_bytes
@@ -192,7 +209,7 @@ class IngestApp:
             if given is not None:
                 check_event_id(given)
             stored_id = scoped_event_id(caller, given) if given is not None else None
-            event_id_text, envelope = self.producer.stamp(wire, stored_id)
+            event_id_text, envelope = self.producer.stamp(wire, stored_id, lane=lane or LIVE)
         except UnicodeDecodeError:
             return _error(400, "event_id: must be ASCII")
         except PayloadTooLarge as exc:
@@ -200,6 +217,16 @@ class IngestApp:
         except InvalidEvent as exc:
             return _error(400, format_messages(exc.messages))
         answer_id = (given if given is not None else event_id_text).encode("ascii")
+        if lane is not None:  # not live: its own list (never spooled, like a backfill)
+            try:
+                await self._lane_pusher(lane).push(
+                    event_message(envelope, lane_queue(self.settings.queue, lane)))
+            except PushOutcomeUnknown as exc:
+                return self._unknown(exc, answer_id)
+            except (redis.RedisError, OSError) as exc:
+                return self._unavailable(exc)
+            body = success_body(wire)
+            return 200, json_headers(body, (EVENT_ID_HEADER, answer_id)), body
         message = event_message(envelope, self.settings.queue)
         if self.spool is None:
             try:
@@ -216,6 +243,14 @@ class IngestApp:
                 return self._unavailable(error)
         body = success_body(wire)
         return 200, json_headers(body, (EVENT_ID_HEADER, answer_id)), body
+
+    def _lane_pusher(self, lane: str) -> BatchPusher:
+        pusher = self.lane_pushers.get(lane)
+        if pusher is None:
+            pusher = BatchPusher.for_settings(self.settings,
+                                              lane_queue(self.settings.queue, lane))
+            self.lane_pushers[lane] = pusher
+        return pusher
 
     async def _read_rest(self, first: dict, receive: Any) -> bytes | None:
         """The whole body from its ``first`` message on, or ``None`` once it is over the limit."""

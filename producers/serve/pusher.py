@@ -101,10 +101,10 @@ class BatchPusher:
         self.pushed = 0
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> BatchPusher:
+    def for_settings(cls, settings: Settings, queue: str | None = None) -> BatchPusher:
         return cls(
             make_async_redis(settings),
-            settings.queue,
+            queue or settings.queue,
             wait_replicas=settings.redis_wait_replicas,
             wait_timeout_ms=settings.redis_wait_timeout_ms,
         )

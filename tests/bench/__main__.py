@@ -19,7 +19,7 @@ import traceback
 from tests.bench import BenchContext, Row, format_table
 
 MODULES = [
-    "enqueue", "drain", "throughput", "ratelimit", "dlq", "serve", "spool", "memory",
+    "enqueue", "drain", "throughput", "ratelimit", "lanes", "dlq", "serve", "spool", "memory",
     "dashboard", "replica_wait", "indoubt",
 ]
 

@@ -124,11 +124,14 @@ class Outcomes:
         return [i.decode() for i in self.redis.zrange(self.keys.dlq_reason("in_doubt"), 0, -1)]
 
     def pending(self) -> dict[str, int]:
+        lanes = self.keys.lanes  # every lane's list and delayed set (live and bulk)
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.llen(self.keys.queue)
+            for lane in lanes:
+                pipe.llen(self.keys.lane_queue(lane))
+                pipe.zcard(self.keys.lane_delayed(lane))
             pipe.hlen(self.keys.unacked)
-            pipe.zcard(self.keys.delayed)
-            queued, unacked, delayed = pipe.execute()
+            *per_lane, unacked = pipe.execute()
+        queued, delayed = sum(per_lane[0::2]), sum(per_lane[1::2])
         return {"queued": queued, "unacked": unacked, "delayed": delayed}
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +32,7 @@ from producers.bulk import (
     read_records,
 )
 from voucherify_ingest.errors import InvalidEvent
+from voucherify_ingest.lanes import lane_queue
 from voucherify_ingest.messages import DELIVER_BATCH, DELIVER_EVENT
 from voucherify_ingest.settings import Settings
 
@@ -370,6 +372,7 @@ def test_progress_bar_on_a_tty_and_plain_lines_otherwise(tmp_path):
 @pytest.fixture
 def env(settings):
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "REDIS_URL": settings.redis_url,
+            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),  # this checkout's code
             "VOUCHERIFY_QUEUE": settings.queue, "VOUCHERIFY_KEY_PREFIX": settings.key_prefix,
             "VOUCHERIFY_LOG_FORMAT": "json"}
 
@@ -391,7 +394,9 @@ def test_cli_file_summary_rejects_and_exit_codes(env, tmp_path, redis_client, se
     assert b"line 2: customer: must carry a non-empty id or source_id" in result.stderr
     rejects = json.loads((tmp_path / "mixed.rejects.ndjson").read_text())
     assert rejects["line"] == 2
-    assert redis_client.llen(settings.queue) == 2  # one batch message per run
+    # one batch message per run, on the bulk lane (the default for --file)
+    assert redis_client.llen(lane_queue(settings.queue, "bulk")) == 2
+    assert redis_client.llen(settings.queue) == 0
 
 
 def test_cli_reads_gzipped_csv_from_stdin(env, tmp_path, redis_client, settings):
@@ -399,7 +404,8 @@ def test_cli_reads_gzipped_csv_from_stdin(env, tmp_path, redis_client, settings)
     result = run(["enqueue", "--file", "-", "--batch-size", "1"], env, cwd=tmp_path,
                  stdin=gzip.compress(csv_text.encode()))
     assert result.returncode == 0, result.stderr
-    envelopes = queued_envelopes(redis_client, settings.queue)
+    envelopes = queued_envelopes(redis_client, lane_queue(settings.queue, "bulk"))
+    assert {e.get("lane") for e in envelopes} == {"bulk"}
     assert [e["payload"] for e in envelopes] == [
         {"event": "signed_up", "customer": {"source_id": "u1"}, "metadata": {"total": 5}},
         {"event": "signed_up", "customer": {"source_id": "u2"}}]
@@ -414,6 +420,7 @@ def test_cli_dry_run_and_plain_progress_lines(env, tmp_path, redis_client, setti
     assert b"valid (dry run, nothing enqueued) 60000" in result.stdout
     assert b"progress: " in result.stderr
     assert redis_client.llen(settings.queue) == 0
+    assert redis_client.llen(lane_queue(settings.queue, "bulk")) == 0
 
 
 def test_cli_usage_errors_and_redis_down(env, tmp_path):

@@ -427,9 +427,10 @@ def test_cli_export_replay_json_shapes(cli, dlq, redis_client, keys, tmp_path):
     assert dry["sample_ids"] == [f"ev-{n:05d}" for n in range(4)]
     done = cli("replay", "--json", "--id", "ev-00001", "--id", "ev-00003")
     data = json.loads(done.stdout)
-    assert {k: data[k] for k in ("dry_run", "matched", "replayed", "gone", "queue")} == {
-        "dry_run": False, "matched": 2, "replayed": 2, "gone": 0, "queue": keys.queue}
-    assert redis_client.llen(keys.queue) == 2
+    assert {k: data[k] for k in ("dry_run", "matched", "replayed", "gone", "queue", "lane")} == {
+        "dry_run": False, "matched": 2, "replayed": 2, "gone": 0,
+        "queue": keys.lane_queue("bulk"), "lane": "bulk"}  # a replay is a backlog: bulk lane
+    assert redis_client.llen(keys.lane_queue("bulk")) == 2 and redis_client.llen(keys.queue) == 0
     text = cli("replay").stdout
     assert "replayed 2 dead letter(s)" in text and dlq.count() == 0
 

@@ -154,7 +154,8 @@ def test_two_replays_at_once_enqueue_each_entry_once(pipeline_env, dlq, redis_cl
     for proc in procs:
         assert proc.wait(timeout=60) == 0, proc.tail()
     queued = []
-    for raw in redis_client.lrange(dlq.keys.queue, 0, -1):
+    assert redis_client.llen(dlq.keys.queue) == 0  # `dlq replay` defaults to the bulk lane
+    for raw in redis_client.lrange(dlq.keys.lane_queue("bulk"), 0, -1):
         queued.append(json.loads(raw)["headers"]["id"])  # the task id is the event id
     assert len(queued) == 1000 and set(queued) == set(ids)
     moved = []

@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from tests.support.pipeline import wait_quiet
 from voucherify_ingest.deadletters import DeadLetterStore
 from voucherify_ingest.keys import Keys
 from voucherify_ingest.standin import respond
@@ -127,37 +126,30 @@ def test_a_429_storm_pauses_every_worker_then_resumes_at_pace(standin, producer,
     assert worst <= LIMIT_PER_S + BURST, f"{worst} requests in one second after the cool-down"
 
 
-def test_quota_exhausted_dead_letters_at_once_without_burning_retries(
+def test_quota_exhausted_pauses_the_fleet_instead_of_dead_lettering(
     standin, producer, start_worker, pipeline_settings, redis_client
 ):
+    """Issue 19 reversed the old rule (402 / api_calls_cycle went to the dead-letter store as
+    quota_exhausted): the fleet now waits for the cycle to reset and nothing is dead-lettered.
+    A short cycle (VOUCHERIFY_CYCLE_LENGTH_S) stands in for the month."""
     standin.plan(
         respond(402),
         respond(429, headers={"X-Rate-Limit-Type": "api_calls_cycle", "Retry-After": "1"}),
     )
     quota_ids = producer.enqueue_events([_event(1), _event(2)])
-    worker = start_worker(concurrency=1, VOUCHERIFY_RATE_LIMIT="50/s")
+    worker = start_worker(concurrency=1, VOUCHERIFY_RATE_LIMIT="50/s",
+                          VOUCHERIFY_CYCLE_LENGTH_S="6")
+    assert standin.wait_for_delivered(2, timeout=40), "delivery never resumed after the reset"
+    counts = standin.delivered_ids()
+    assert set(counts) == set(quota_ids) and max(counts.values()) == 1
+    # after each refusal the next call comes only in a later cycle: the whole fleet waited
+    received = sorted(standin.received(), key=lambda r: r.at)
+    assert [r.status for r in received] == [402, 429, 200, 200]
+    for refused, following in zip(received[:2], received[1:3], strict=True):
+        assert following.at // 6 > refused.at // 6, "a call was made in the spent cycle"
     dlq = DeadLetterStore(redis_client, Keys.from_settings(pipeline_settings))
-    deadline = time.monotonic() + 20
-    while any(dlq.get(i) is None for i in quota_ids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    entries = [dlq.get(i) for i in quota_ids]
-    assert all(entries), "the quota-exhausted events are not in the dead-letter store"
-    assert {e["reason"] for e in entries} == {"quota_exhausted"}
-    assert sorted(e["status"] for e in entries) == [402, 429]
-    assert [e["attempts"] for e in entries] == [1, 1]
-
-    # the worker carries on with the next event, and no retry of the two ever comes
-    later_id = producer.enqueue_event(_event(3))
-    assert standin.wait_for_delivered(1, timeout=20)
-    # No retry can come: nothing is queued, delayed or held unacked (observed, not slept on).
-    wait_quiet(redis_client, pipeline_settings)
-    sent = [r.event_id for r in standin.received()]
-    assert sorted(sent) == sorted([*quota_ids, later_id])
-    assert redis_client.zcard(f"{pipeline_settings.key_prefix}:delayed") == 0
+    assert dlq.count() == 0
     counters = redis_client.hgetall(f"{pipeline_settings.key_prefix}:stats:counters")
-    assert int(counters[b"dead_lettered:quota_exhausted"]) == 2
-    assert b"retried" not in counters
-
-    loud = [e for e in _log_events(worker) if e.get("event") == "quota_exhausted"]
-    assert len(loud) == 2 and all(e["level"] == "error" for e in loud)
-    assert "dlq replay --reason quota_exhausted" in loud[0]["message"]
+    assert b"dead_lettered:quota_exhausted" not in counters and b"retried" not in counters
+    loud = [e for e in _log_events(worker) if e.get("why") == "cycle_spent"]
+    assert loud and all(e["level"] == "error" for e in loud)

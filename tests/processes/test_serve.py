@@ -199,6 +199,26 @@ def test_caller_chosen_event_id_is_used_and_checked(api):
     assert [e["id"] for e in queued(rclient, queue)] == [f"{APP_ID}:order-1:paid"]
 
 
+def test_lane_header_puts_the_event_on_its_lane_and_refuses_unknown_lanes(api):
+    client, rclient, queue = api
+    bulk_queue = f"{queue}.bulk"
+    rclient.delete(bulk_queue)
+    try:
+        status, headers, _ = client.post(EVENT, {"X-Ingest-Lane": "bulk"})
+        assert status == 200
+        (envelope,) = queued(rclient, bulk_queue)
+        assert envelope["id"] == headers["x-ingest-event-id"] and envelope["lane"] == "bulk"
+        status, headers, _ = client.post(EVENT, {"X-Ingest-Lane": "live"})
+        assert status == 200 and [e["id"] for e in queued(rclient, queue)] == [
+            headers["x-ingest-event-id"]]
+        status, headers, body = client.post(EVENT, {"X-Ingest-Lane": "express"})
+        error = assert_error(status, headers, body, 400, "invalid_payload")
+        assert "unknown lane 'express'" in error["message"] + error.get("details", "")
+        assert rclient.llen(queue) == 1 and rclient.llen(bulk_queue) == 1  # nothing stored
+    finally:
+        rclient.delete(bulk_queue)
+
+
 def test_concurrent_requests_each_get_their_own_stored_event(api):
     """Micro-batched LPUSHes: every answer names an event that is in Redis, none twice."""
     client, rclient, queue = api

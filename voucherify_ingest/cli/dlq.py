@@ -118,6 +118,16 @@ def _queue():
         client.close()
 
 
+def _lane(name: str) -> str:
+    """A lane name, or a usage error naming the lanes."""
+    from voucherify_ingest.lanes import UnknownLane, check_lane
+
+    try:
+        return check_lane(name)
+    except UnknownLane as exc:
+        raise click.BadParameter(str(exc), param_hint="--lane") from None
+
+
 def _when(epoch_s: float | None) -> str:
     if epoch_s is None:
         return "-"
@@ -337,9 +347,11 @@ def export_command(file, reason, status, event_name, since, until, ids, limit, a
               help="Entries moved per atomic step.")
 @click.option("--rate", type=click.FloatRange(0), default=0.0,
               help="At most this many entries per second (0 = as fast as possible).")
+@click.option("--lane", default="bulk", show_default=True, metavar="NAME",
+              help="Lane to replay onto: bulk (a backlog never delays live events) or live.")
 @click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
 def replay_command(reason, status, event_name, since, until, ids, limit, dry_run, chunk_size,
-                   rate, as_json):
+                   rate, lane, as_json):
     """Put dead letters back on the ingest queue with their original ids, attempts reset.
 
     Each chunk moves in one atomic Redis script: an entry leaves the store only with its
@@ -349,8 +361,10 @@ def replay_command(reason, status, event_name, since, until, ids, limit, dry_run
     --id): fix those with export and enqueue --file instead.
     """
     filters = _filters(reason, status, event_name, since, until, ids)
+    lane = _lane(lane)
     log = structlog.get_logger("voucherify_ingest.cli.dlq")
     with _queue() as (dlq, settings):
+        queue = f"{dlq.keys.lane_queue(lane)} (lane {lane})"
         bar = None
         if sys.stderr.isatty() and not as_json and not dry_run:
             cheap = {k: v for k, v in filters.items() if k not in ("status", "event")}
@@ -360,23 +374,24 @@ def replay_command(reason, status, event_name, since, until, ids, limit, dry_run
         with bar if bar is not None else contextlib.nullcontext():
             result = dlq.replay(limit=limit, chunk_size=chunk_size, dry_run=dry_run,
                                 rate_per_s=rate, on_progress=bar.update if bar else None,
-                                **filters)
+                                lane=lane, **filters)
             if bar is not None:
                 bar.update(max(0, bar.length - bar.pos))  # invalid entries were skipped
     if not dry_run:
         log.info("dlq_replayed", replayed=result.replayed, gone=result.gone,
-                 queue=settings.queue, filters=_describe(filters))
+                 queue=dlq.keys.lane_queue(lane), lane=lane, filters=_describe(filters))
     if as_json:
         echo_json({"dry_run": dry_run, "matched": result.matched, "replayed": result.replayed,
-                   "gone": result.gone, "queue": settings.queue, "filters": filters,
+                   "gone": result.gone, "queue": dlq.keys.lane_queue(lane), "lane": lane,
+                   "filters": filters,
                    **({"sample_ids": result.sample_ids} if dry_run else {})})
     elif dry_run:
         sample = ", ".join(result.sample_ids[:10]) + (" ..." if result.matched > 10 else "")
-        click.echo(f"would replay {result.matched:,} dead letter(s) onto {settings.queue} "
+        click.echo(f"would replay {result.matched:,} dead letter(s) onto {queue} "
                    f"({_describe(filters)}){': ' + sample if sample else ''}")
     else:
         gone = f" ({result.gone:,} already taken by another replay or purge)" if result.gone else ""
-        click.echo(f"replayed {result.replayed:,} dead letter(s) onto {settings.queue}{gone}")
+        click.echo(f"replayed {result.replayed:,} dead letter(s) onto {queue}{gone}")
 
 
 @dlq_group.command("purge")

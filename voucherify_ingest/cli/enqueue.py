@@ -72,11 +72,14 @@ def _default_rejects_path(path: str) -> str:
 @click.option("--no-ledger-check", is_flag=True,
               help="Do not skip ids the delivery ledger has as delivered (the worker's "
                    "ledger still stops a second send).")
+@click.option("--lane", default=None, metavar="NAME",
+              help="Lane: live (default for one event) or bulk (default for --file): live "
+                   "events go before bulk ones, at the queue and at the rate limit.")
 @click.option("--progress-every", type=click.FloatRange(min=0.1), default=10.0,
               show_default=True, metavar="SECONDS",
               help="Interval of the plain progress lines when stderr is not a TTY.")
 def enqueue_command(payload_json, event_id, file_path, fmt, id_field, dry_run, max_queue,
-                    batch_size, rejects_path, no_ledger_check, progress_every):
+                    batch_size, rejects_path, no_ledger_check, lane, progress_every):
     """Validate one event and enqueue it; print its event id. Or backfill a file.
 
     The event is PAYLOAD_JSON, or standard input when it is omitted. With --file every record
@@ -92,18 +95,23 @@ def enqueue_command(payload_json, event_id, file_path, fmt, id_field, dry_run, m
       zcat dlq-export.ndjson.gz | voucherify-ingest enqueue --file -
     """
     from producers import Producer
+    from voucherify_ingest.lanes import BULK, LIVE, UnknownLane, check_lane
 
+    try:
+        lane = check_lane(lane) if lane is not None else (BULK if file_path else LIVE)
+    except UnknownLane as exc:
+        raise click.BadParameter(str(exc), param_hint="--lane") from None
     settings = load_settings("producer")
     setup(settings)
     if file_path is not None:
         if payload_json is not None or event_id is not None:
             raise click.UsageError("--file takes no PAYLOAD_JSON and no --event-id")
         sys.exit(_backfill(settings, file_path, fmt, id_field, dry_run, max_queue, batch_size,
-                           rejects_path, not no_ledger_check, progress_every))
+                           rejects_path, not no_ledger_check, progress_every, lane))
     payload = _read_payload(payload_json)
     producer = Producer(settings)
     try:
-        click.echo(producer.enqueue_event(payload, event_id=event_id))
+        click.echo(producer.enqueue_event(payload, event_id=event_id, lane=lane))
     except InvalidEvent as exc:
         click.echo(f"invalid event: {format_messages(exc.messages)}", err=True)
         sys.exit(EXIT_FAILURE)
@@ -111,8 +119,32 @@ def enqueue_command(payload_json, event_id, file_path, fmt, id_field, dry_run, m
         producer.close()
 
 
+def _cycle_plan(settings, events: int) -> list[str]:
+    """The file's cost against this cycle's bulk allowance (VOUCHERIFY_CYCLE_QUOTA)."""
+    import time
+
+    import redis
+
+    from voucherify_ingest.cycle import CycleQuota, plan_lines, usage
+    from voucherify_ingest.rates import limiter_key, parse_rate_limit, reserve_fraction
+    from voucherify_ingest.redis_conn import make_redis
+
+    quota = CycleQuota.from_settings(settings)
+    limit = parse_rate_limit(settings.rate_limit)
+    per_s = limit.per_s * (1 - reserve_fraction(settings.rate_reserve, limit)) if limit else None
+    key = limiter_key(settings.key_prefix, settings.app_id, settings.api_base)
+    client = make_redis(settings, timeout_s=2.0)
+    try:
+        used = usage(client, key, quota, time.time())
+    except redis.RedisError:
+        used = None
+    finally:
+        client.close()
+    return plan_lines(events, quota, used, per_s, time.time())
+
+
 def _backfill(settings, path, fmt, id_field, dry_run, max_queue, batch_size, rejects_path,
-              check_ledger, progress_every) -> int:
+              check_ledger, progress_every, lane) -> int:
     from producers import Producer
     from producers.bulk import (
         DEFAULT_BATCH_SIZE,
@@ -144,6 +176,7 @@ def _backfill(settings, path, fmt, id_field, dry_run, max_queue, batch_size, rej
         rejects=rejects,
         on_chunk=progress.update,
         on_pause=progress.paused,
+        lane=lane,
     )
     try:
         summary = loader.run(read_records(source, fmt))
@@ -158,6 +191,9 @@ def _backfill(settings, path, fmt, id_field, dry_run, max_queue, batch_size, rej
         source.close()
         producer.close()
     click.echo(summary.line(dry_run))
+    if settings.cycle_quota:
+        for line in _cycle_plan(settings, summary.enqueued):
+            click.echo(line)
     if summary.rejected:
         click.echo(f"rejected records: {rejects_path}", err=True)
         return EXIT_REJECTED

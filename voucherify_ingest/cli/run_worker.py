@@ -12,6 +12,7 @@ import structlog
 
 from voucherify_ingest.cli.common import load_settings
 from voucherify_ingest.cli.redis_wait import stop_signals_exit, wait_for_redis
+from voucherify_ingest.lanes import LANES, lane_queue
 from voucherify_ingest.logs import configure_logging
 from voucherify_ingest.settings import WORKER_POOLS
 from worker.app import create_app
@@ -54,7 +55,7 @@ def worker_command(concurrency, pool, hostname, celery_args):
 
     argv = [
         "worker",
-        "--queues", settings.queue,
+        "--queues", ",".join(lane_queue(settings.queue, lane) for lane in LANES),
         "--pool", settings.worker_pool,
         "--concurrency", str(settings.worker_concurrency),
         "--hostname", node,

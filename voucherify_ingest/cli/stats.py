@@ -33,6 +33,37 @@ def _bound(upper_ms: float) -> str:
     return f"<= {upper_ms:g} ms"
 
 
+def _lane_lines(snap: FlowSnapshot) -> list[str]:
+    """One line per lane: queued, oldest, pace and the drain ETA."""
+    lines = []
+    for lane in snap.lanes:
+        waiting = f", {lane.delayed} waiting retry" if lane.delayed else ""
+        lines.append(f"  lane {lane.lane:<10} {lane.line()}   oldest {_age(lane.oldest_age_s)}"
+                     f"{waiting}")
+    return lines
+
+
+def _cycle_lines(c: dict) -> list[str]:
+    """The billing cycle: used, left per lane, the reset and the projection."""
+    lines = [
+        f"  cycle           {c['used']:,} of {c['quota']:,} calls used since {c['started']}, "
+        f"resets {c['resets']}",
+        f"                  left: live {c['left_live']:,}   bulk {c['left_bulk']:,} "
+        f"(of {c['bulk_allowance']:,})   reserve {c['reserve']:,} never spent",
+    ]
+    if c["runs_out"]:
+        lines.append(f"                  at the current pace ({c['per_day']:,.0f}/day) the "
+                     f"allowance runs out on {c['runs_out'][:10]}")
+    paused = [lane for lane in ("live", "bulk") if c[f"{lane}_paused"]]
+    if paused:
+        lines.append(f"                  PAUSED: {', '.join(paused)} (allowance spent; waits "
+                     "for the reset or a higher allowance)")
+    if c["api_blocked_s"]:
+        lines.append(f"                  PAUSED: the API said the cycle is spent; "
+                     f"{c['api_blocked_s']:,.0f}s to the reset")
+    return lines
+
+
 def render(snap: FlowSnapshot) -> str:
     """The human view: one screen, most urgent things first."""
     lim = snap.limiter
@@ -42,6 +73,8 @@ def render(snap: FlowSnapshot) -> str:
         f"  queued          {snap.queue_depth:>10}   oldest waiting {_age(snap.oldest_age_s)}",
         f"  in flight       {snap.in_flight:>10}",
         f"  waiting retry   {snap.delayed:>10}   (retries and rate-limit deferrals)",
+        "",
+        *_lane_lines(snap),
         "",
         f"  per minute      delivered {snap.per_minute['delivered']:>8.1f}   "
         f"failed {snap.per_minute['failed']:>8.1f}   "
@@ -84,6 +117,15 @@ def render(snap: FlowSnapshot) -> str:
         lines.append(
             f"  rate limit      {lim.configured}   current wait {lim.current_wait_s:.2f}s{cool}"
         )
+        if lim.reserve:
+            paused = (f"   paused {lim.reserve_pause_left_s:.1f}s (others spent into it)"
+                      if lim.reserve_pause_left_s else "")
+            lines.append(f"  rate reserve    {lim.reserve} kept for other clients{paused}")
+        if lim.cycle:
+            lines.extend(_cycle_lines(lim.cycle))
+        if lim.bulk_starved_s:
+            lines.append(f"  bulk starved    {lim.bulk_starved_s:.1f}s   (live events take "
+                         "every slot)")
     alive = ", ".join(snap.workers_alive) or "none"
     lines.append(f"  workers alive   {len(snap.workers_alive):>10}   {alive}")
     if snap.workers_stale:

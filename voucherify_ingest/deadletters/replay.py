@@ -14,6 +14,7 @@ from typing import IO, Any
 from voucherify_ingest.deadletters.entries import DeadLetterFilter, ReplayResult, export_record
 from voucherify_ingest.deadletters.store import PAGE_SIZE, DeadLetterStore
 from voucherify_ingest.jsoncodec import dumps_text as _dumps
+from voucherify_ingest.lanes import LIVE, check_lane
 from voucherify_ingest.messages import event_message, make_envelope
 
 
@@ -28,16 +29,18 @@ class DeadLetterQueue(DeadLetterStore):
             written += 1
         return written
 
-    def message_for(self, entry: dict[str, Any]) -> str:
-        """The Celery message a replay enqueues: original id and first-enqueued time, attempt 0."""
+    def message_for(self, entry: dict[str, Any], lane: str = LIVE) -> str:
+        """The Celery message a replay enqueues: original id and first-enqueued time, attempt 0,
+        on ``lane`` (``dlq replay`` passes bulk: a replay is a backlog, it must not delay live
+        events; the library's default stays live, as before lanes)."""
         envelope = make_envelope(entry["payload"], entry["id"], attempt=0,
-                                 enqueued_at=entry.get("first_enqueued_at"))
-        return event_message(envelope, self.keys.queue)
+                                 enqueued_at=entry.get("first_enqueued_at"), lane=lane)
+        return event_message(envelope, self.keys.lane_queue(lane))
 
     def replay(
         self, *, limit: int | None = None, chunk_size: int = PAGE_SIZE, dry_run: bool = False,
         rate_per_s: float = 0.0, on_progress: Callable[[int], None] | None = None,
-        include_invalid: bool | None = None, **filters,
+        include_invalid: bool | None = None, lane: str = LIVE, **filters,
     ) -> ReplayResult:
         """Move matching entries back onto the ingest queue, oldest first, one atomic script per
         chunk. ``invalid`` entries are left alone unless asked for (``reason="invalid"``,
@@ -46,6 +49,8 @@ class DeadLetterQueue(DeadLetterStore):
             include_invalid = filters.get("reason") == "invalid" or bool(filters.get("ids"))
         if filters.get("until") is None and not filters.get("ids"):
             filters["until"] = time.time()  # entries failing again meanwhile wait for next time
+        lane = check_lane(lane)
+        queue = self.keys.lane_queue(lane)
         flt = DeadLetterFilter.of(**filters, skip_invalid=not include_invalid)
         result = ReplayResult(dry_run=dry_run)
         started = time.monotonic()
@@ -76,8 +81,9 @@ class DeadLetterQueue(DeadLetterStore):
             for start in range(0, len(rows), chunk_size):
                 part = rows[start:start + chunk_size]
                 ids = [r[0] for r in part]
-                messages = [self.message_for(r[2]) for r in part]
-                current = (ids, mover.submit(self._remove_ids, ids, messages, top=flt.until))
+                messages = [self.message_for(r[2], lane) for r in part]
+                current = (ids, mover.submit(self._remove_ids, ids, messages, top=flt.until,
+                                             queue=queue))
                 if previous is not None:
                     settle(*previous)
                 previous = current

@@ -182,11 +182,13 @@ class DeadLetterStore:
         )
 
     def _remove_ids(self, ids: list[str], messages: list[str] | None = None, *,
-                    mode: str = "drop", top: float | None = None) -> list[str]:
+                    mode: str = "drop", top: float | None = None,
+                    queue: str | None = None) -> list[str]:
         if not ids:
             return []
         done = self._remove(
-            keys=[self.keys.dlq_entries, self.keys.dlq_index, self.counts_key, self.keys.queue,
+            keys=[self.keys.dlq_entries, self.keys.dlq_index, self.counts_key,
+                  queue or self.keys.queue,
                   *(self.keys.dlq_reason(r) for r in REASONS)],
             args=["push" if messages is not None else mode, "" if top is None else repr(top),
                   len(ids), *ids, *(messages or ())],
