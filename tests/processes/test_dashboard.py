@@ -87,7 +87,7 @@ def test_overview_updates_live_and_its_numbers_equal_stats_json(
     page.goto("/")
     page.evaluate("window.__not_reloaded = true")
     assert _number(page, "delivered-total") == 0
-    assert _number(page, "queued-default") == 0
+    assert _number(page, "queued-live") == 0 == _number(page, "queued-bulk")
 
     standin.set_latency(0.03)
     standin.plan(respond(400))  # one is rejected for good: a dead letter
@@ -106,7 +106,7 @@ def test_overview_updates_live_and_its_numbers_equal_stats_json(
     assert page.evaluate("window.__not_reloaded") is True  # live updates, no reload
 
     def page_numbers() -> dict:
-        return {"queued": _number(page, "queued-default"),
+        return {"queued": {lane: _number(page, f"queued-{lane}") for lane in ("live", "bulk")},
                 "dead": _number(page, "dead-letters-total"),
                 "workers": _number(page, "workers-alive"),
                 "delivered": _number(page, "delivered-total"),
@@ -116,7 +116,8 @@ def test_overview_updates_live_and_its_numbers_equal_stats_json(
 
     def stats_numbers() -> dict:
         s = _stats_json(pipeline_env)
-        return {"queued": s["queue_depth"], "dead": s["dead_letters_total"],
+        return {"queued": {lane["lane"]: lane["queued_events"] for lane in s["lanes"]},
+                "dead": s["dead_letters_total"],
                 "workers": len(s["workers_alive"]), "delivered": s["totals"]["delivered"],
                 "in_flight": s["in_flight"], "delayed": s["delayed"],
                 "http_429": s["totals"]["http_429"]}
@@ -128,7 +129,8 @@ def test_overview_updates_live_and_its_numbers_equal_stats_json(
         theirs = stats_numbers()
         ours = page_numbers()
     assert ours == theirs
-    assert theirs == {"queued": 0, "dead": 1, "workers": 2, "delivered": 199, "in_flight": 0,
+    assert theirs == {"queued": {"live": 0, "bulk": 0}, "dead": 1, "workers": 2, "delivered": 199,
+                      "in_flight": 0,
                       "delayed": 0, "http_429": 0}
     html = page.content()
     assert APP_TOKEN not in html

@@ -66,10 +66,12 @@ def lanes_of(snap: FlowSnapshot) -> list[dict[str, Any]]:
             lane = _plain(lane)
             rows.append({
                 "name": str(name if name is not None else lane.get("name", lane.get("lane"))),
-                "queued": int(lane.get("queue_depth", lane.get("queued", 0)) or 0),
+                # FlowSnapshot.lanes holds voucherify_ingest.laneflow.LaneState rows
+                "queued": int(lane.get("queued_events", lane.get(
+                    "queue_depth", lane.get("queued", 0))) or 0),
                 "oldest_age_s": lane.get("oldest_age_s"),
-                "eta_s": lane.get("eta_s"),
-                "per_minute": lane.get("per_minute"),
+                "eta_s": lane.get("drain_eta_s", lane.get("eta_s")),
+                "per_minute": lane.get("delivered_per_min", lane.get("per_minute")),
             })
     else:
         rows.append({"name": SINGLE_LANE, "queued": snap.queue_depth,
@@ -92,7 +94,7 @@ def rate_use(snap: FlowSnapshot, history: list[dict[str, Any]]) -> dict[str, Any
         "used_per_min": used,
         "limit_per_min": round(per_min, 2) if per_min else None,
         "share": round(used / per_min, 3) if per_min else None,
-        "reserve": limiter.get("reserve"),
+        "reserve": limiter.get("reserve") or None,
     }
 
 
