@@ -27,7 +27,7 @@ from voucherify_ingest.cycle import CycleQuota
 from voucherify_ingest.cycle import usage as cycle_usage
 from voucherify_ingest.deadletters import REASONS
 from voucherify_ingest.indoubt import outcome_counts
-from voucherify_ingest.keys import Keys
+from voucherify_ingest.keys import Keys, auth_pause_key
 from voucherify_ingest.laneflow import LaneState, read_lanes
 from voucherify_ingest.rates import limiter_key, parse_rate_limit
 from voucherify_ingest.settings import Settings
@@ -54,6 +54,7 @@ class LimiterState:
     reserve_pause_left_s: float = 0.0  # pause because other clients spent into the reserve
     bulk_starved_s: float = 0.0  # how long bulk events have been refused slots (live first)
     cycle: dict | None = None  # VOUCHERIFY_CYCLE_QUOTA: voucherify_ingest.cycle.usage()
+    auth_paused_since: str | None = None  # ISO time: the API refuses our credentials (401/403)
 
 
 @dataclass
@@ -256,6 +257,18 @@ class FlowReader:
             found.add(name.split("}", 1)[0] + "}" if "}" in name else name)
         return sorted(found)
 
+    def _auth_paused_since(self) -> str | None:
+        """When the fleet-wide 401/403 pause began (``worker/authpause.py``), or None."""
+        prefix = self.settings.key_prefix
+        if self.settings.app_id:
+            names = [auth_pause_key(prefix, self.settings.app_id, self.settings.api_base)]
+        else:  # no app id here (a dashboard host): any project's pause under the prefix
+            names = [k.decode() if isinstance(k, bytes) else k
+                     for k in self.redis.scan_iter(match=f"{prefix}:authpause:*", count=200)]
+            names = [k for k in names if not k.endswith(":probe")]
+        began_ms = [_num(v) for v in (self.redis.mget(names) if names else []) if v]
+        return iso_utc(min(began_ms) / 1000, timespec="seconds") if began_ms else None
+
     def limiter_state(self) -> LimiterState:
         """Configured rate, the wait a delivery starting now would get, and any cool-down.
 
@@ -264,7 +277,8 @@ class FlowReader:
         """
         configured, per_s, burst = self._configured()
         state = LimiterState(configured=configured, per_s=per_s,
-                             reserve=self.settings.rate_reserve)
+                             reserve=self.settings.rate_reserve,
+                             auth_paused_since=self._auth_paused_since())
         if per_s is None:
             return state
         keys = self._limiter_keys()

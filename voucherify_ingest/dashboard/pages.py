@@ -93,8 +93,9 @@ def overview_fragment(d: dict[str, Any]) -> str:
     cool = (f'<span class="bad" data-testid="cooldown">cool-down, {lim["cooldown_left_s"]:.1f} s '
             f'left (until {e(lim["cooldown_until"])})</span>' if lim.get("cooldown_until")
             else '<span class="ok" data-testid="cooldown">no cool-down</span>')
-    auth = d.get("auth_pause") or lim.get("auth_pause") or lim.get("auth_paused_until")
-    auth_html = (f'<span class="bad" data-testid="auth-pause">paused: {e(auth)}</span>' if auth
+    auth = lim.get("auth_paused_since")
+    auth_html = (f'<span class="bad" data-testid="auth-pause">paused since {e(auth)}: the API '
+                 'refuses the credentials</span>' if auth
                  else '<span class="ok" data-testid="auth-pause">not paused</span>')
     reasons = "".join(
         f'<tr><td><a href="/dead-letters?reason={e(r)}">{e(r)}</a></td>'
@@ -126,7 +127,8 @@ def overview_fragment(d: dict[str, Any]) -> str:
   <tr><td>429s total</td><td class="num" data-testid="http-429">{totals["http_429"]}</td></tr>
  </table></div>
  <div class="card"><h2>Rate limit</h2><p>{rate_html}</p><p>{cool}</p>
-  <p>current wait {lim["current_wait_s"]:.2f} s</p><p>auth: {auth_html}</p></div>
+  <p>current wait {lim["current_wait_s"]:.2f} s</p><p>auth: {auth_html}</p>{_budget_html(lim)}
+ </div>
 </section>
 <section class="card wide"><h2>Delivered and failed per minute, last hour</h2>
  {chart(d["history"])}</section>
@@ -269,3 +271,24 @@ def _value(v: Any) -> str:
 
 def message_page(title: str, text: str) -> str:
     return f"<h1>{e(title)}</h1><p>{e(text)}</p>"
+
+
+def _budget_html(lim: dict[str, Any]) -> str:
+    """The reserve pause, bulk starvation and the billing cycle, when there is one."""
+    parts = []
+    if lim.get("reserve_pause_left_s"):
+        parts.append(f'<p class="bad" data-testid="reserve-pause">reserve pause: other clients '
+                     f'spent into the reserve, {lim["reserve_pause_left_s"]:.1f} s left</p>')
+    if lim.get("bulk_starved_s"):
+        parts.append(f'<p class="bad" data-testid="bulk-starved">bulk has had no slot for '
+                     f'{lim["bulk_starved_s"]:.0f} s (live first)</p>')
+    cycle = lim.get("cycle")
+    if cycle:
+        state = ("bulk paused" if cycle.get("bulk_paused") else "")
+        state = "live and bulk paused" if cycle.get("live_paused") else state
+        parts.append(
+            f'<p data-testid="cycle">cycle: {cycle["used"]:,} of {cycle["quota"]:,} calls used; '
+            f'left live {cycle["left_live"]:,}, bulk {cycle["left_bulk"]:,}; resets '
+            f'{e(str(cycle["resets"]))}'
+            + (f' <span class="bad">{state}</span>' if state else "") + "</p>")
+    return "".join(parts)
