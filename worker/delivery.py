@@ -386,7 +386,7 @@ class Deliverer:
             )
             return Outcome("retry", event_id, str(exc))
 
-        reason = exc.reason  # retries_exhausted | rejected | auth | quota_exhausted
+        reason = exc.reason  # retries_exhausted | rejected | auth (a spent cycle pauses instead)
         entry = make_entry(
             event_id=event_id, payload=payload, reason=reason, error=_masked(exc.as_dict()),
             attempts=attempt, enqueued_at=envelope.get("enqueued_at"),
@@ -398,18 +398,11 @@ class Deliverer:
             ),
             dead_letter=entry,
         )
-        level = log.error if isinstance(exc, QuotaExhausted) or reason == "auth" else log.warning
+        level = log.error if reason == "auth" else log.warning
         level(
             "delivery", outcome="dead_lettered", reason=reason, status=exc.status,
             latency_ms=latency, error=str(exc), request_id=exc.request_id,
         )
-        if isinstance(exc, QuotaExhausted):
-            log.error(
-                "quota_exhausted",
-                message="Voucherify says the API quota for this billing cycle is used up; "
-                "events go to the dead-letter queue (reason quota_exhausted) until it resets. "
-                "Replay them with `voucherify-ingest dlq replay --reason quota_exhausted`.",
-            )
         return Outcome("dead_lettered", event_id, reason)
 
     def _paced(self, log, envelope: dict, event_id: str, exc: RateLimited, counts: dict,

@@ -27,9 +27,10 @@ def _header(headers: Any, name: str) -> str | None:
 
 
 def pause_after_429(retry_after_s: float | None, headers: Any, cap_s: float,
-                    now_epoch_s: float | None = None) -> float:
-    """Seconds every worker should hold back after a 429: the later of the two hints, else
-    ``DEFAULT_PAUSE_S``, never more than ``cap_s``."""
+                    now_epoch_s: float | None = None, default_s: float = DEFAULT_PAUSE_S) -> float:
+    """Seconds every worker should hold back after a 429: the later of ``Retry-After`` and
+    ``X-Rate-Limit-Retry`` (epoch seconds), else ``default_s``, never more than ``cap_s``.
+    The one reading of the two hints (the limiter's cool-down uses it too)."""
     now = time.time() if now_epoch_s is None else now_epoch_s
     waits = [retry_after_s] if retry_after_s is not None and retry_after_s > 0 else []
     raw = _header(headers, "X-Rate-Limit-Retry")
@@ -38,7 +39,7 @@ def pause_after_429(retry_after_s: float | None, headers: Any, cap_s: float,
             waits.append(float(raw) - now)
     except ValueError:
         pass
-    pause = max(waits) if waits and max(waits) > 0 else DEFAULT_PAUSE_S
+    pause = max(waits) if waits and max(waits) > 0 else default_s
     return min(pause, cap_s)
 
 

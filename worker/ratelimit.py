@@ -54,6 +54,7 @@ from voucherify_ingest.rates import (  # noqa: F401 - re-exported for the limite
     parse_share,
     reserve_fraction,
 )
+from worker.pacing import pause_after_429
 
 DEFAULT_COOLDOWN_S = 5.0  # a 429 that names no time: pause this long
 MAX_COOLDOWN_S = 3600.0  # never trust a header to pause us longer than the Sandbox hour
@@ -199,13 +200,6 @@ end
 if cur > now then return cur - now end
 return 0
 """
-
-
-def _header(headers: Any, name: str) -> str | None:
-    for key, value in (headers or {}).items():
-        if key.lower() == name.lower():
-            return value
-    return None
 
 
 @dataclass(frozen=True)
@@ -451,15 +445,8 @@ class RateLimiter:
         That is the later of ``Retry-After`` and ``X-Rate-Limit-Retry`` (epoch seconds, read
         against this machine's clock only to turn it into a duration); without either,
         ``DEFAULT_COOLDOWN_S``. Returns the seconds of cool-down now left."""
-        waits = [retry_after_s] if retry_after_s is not None and retry_after_s > 0 else []
-        retry_at = _header(headers, "X-Rate-Limit-Retry")
-        try:
-            if retry_at is not None:
-                waits.append(float(retry_at) - time.time())
-        except ValueError:
-            pass
-        pause_s = max(waits) if waits and max(waits) > 0 else DEFAULT_COOLDOWN_S
-        pause_s = min(pause_s, MAX_COOLDOWN_S)
+        pause_s = pause_after_429(retry_after_s, headers, MAX_COOLDOWN_S,
+                                  default_s=DEFAULT_COOLDOWN_S)
         left_us, moved = self._cool_down(
             keys=[self.cooldown_key], args=[int(pause_s * 1_000_000)]
         )

@@ -30,3 +30,21 @@ def setup(settings: Settings, *, stream=None) -> None:
 
 def echo_json(value) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=True, default=str, ensure_ascii=False))
+
+
+def serve_until_stopped(server, client, log, name: str) -> None:
+    """Block until SIGTERM or SIGINT, then stop ``server`` (an HTTP server with ``shutdown``),
+    close the Redis ``client``, log ``{name}_stopped`` and exit 0: the end of every reader of
+    Redis that serves pages (``metrics``, ``dashboard``)."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.shutdown()
+    server.server_close()
+    client.close()
+    log.info(f"{name}_stopped")
+    sys.exit(EXIT_OK)

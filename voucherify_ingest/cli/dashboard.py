@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 
 import click
 import structlog
 
-from voucherify_ingest.cli.common import EXIT_OK, load_settings
+from voucherify_ingest.cli.common import load_settings, serve_until_stopped
 from voucherify_ingest.dashboard import Dashboard, make_server
 from voucherify_ingest.logs import configure_logging
 from voucherify_ingest.redis_conn import make_redis
@@ -53,12 +52,4 @@ def dashboard_command(host, port, read_only, refresh_s):
     if bound_host not in ("127.0.0.1", "::1"):
         log.warning("dashboard_not_loopback", host=bound_host,
                     hint="HTTP Basic sends the password with every request: put TLS in front")
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    server.shutdown()
-    server.server_close()
-    client.close()
-    log.info("dashboard_stopped")
-    sys.exit(EXIT_OK)
+    serve_until_stopped(server, client, log, "dashboard")

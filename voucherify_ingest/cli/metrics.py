@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 
 import click
 import structlog
 from prometheus_client import start_http_server
 
-from voucherify_ingest.cli.common import EXIT_OK, load_settings
+from voucherify_ingest.cli.common import load_settings, serve_until_stopped
 from voucherify_ingest.logs import configure_logging
 from voucherify_ingest.metrics import build_registry
 from voucherify_ingest.redis_conn import make_redis
@@ -42,12 +40,4 @@ def metrics_command(port, addr):
     host, bound_port = server.server_address[:2]
     log.info("metrics_listening", url=f"http://{host}:{bound_port}/metrics",
              redis=settings.safe_redis_url, queue=settings.queue)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    server.shutdown()
-    server.server_close()
-    client.close()
-    log.info("metrics_stopped")
-    sys.exit(EXIT_OK)
+    serve_until_stopped(server, client, log, "metrics")

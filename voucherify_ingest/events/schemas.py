@@ -1,4 +1,4 @@
-"""The Track Custom Event payload: marshmallow schemas and ``validate_event``.
+"""The Track Custom Event payload as marshmallow schemas: the reference validator.
 
 Faithful to ``EventsCreateRequestBody`` in Voucherify's OpenAPI spec (a copy ships in
 ``voucherify_ingest/openapi/openapi_events.json``; ``tests/unit/test_schemas.py`` checks the field
