@@ -274,6 +274,7 @@ def test_filtered_replay_from_the_page_delivers_each_event_once(
     keys = Keys.from_settings(pipeline_settings)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and (redis_client.llen(keys.queue)
+                                           or redis_client.llen(keys.lane_queue("bulk"))
                                            or redis_client.hlen(keys.unacked)):
         time.sleep(0.1)
     assert redis_client.llen(keys.queue) == 0 and redis_client.hlen(keys.unacked) == 0
@@ -286,6 +287,9 @@ def test_filtered_replay_from_the_page_delivers_each_event_once(
     logged = next(json.loads(line) for line in proc.output().splitlines()
                   if '"dashboard_action"' in line)
     assert (logged["user"], logged["action"], logged["count"]) == (USER, "replay", 40)
+    # replayed as `dlq replay` does: on the bulk lane, behind any live event
+    lanes = {lane["lane"]: lane for lane in _stats_json(pipeline_env)["lanes"]}
+    assert (lanes["bulk"]["delivered_total"], lanes["live"]["delivered_total"]) == (40, 0)
 
 
 def test_purge_needs_the_confirmation(pipeline_env, pipeline_settings, redis_client,

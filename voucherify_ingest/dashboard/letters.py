@@ -15,12 +15,17 @@ from datetime import datetime, timezone
 from typing import IO, Any
 
 from voucherify_ingest.deadletters import REASONS, DeadLetterQueue
+from voucherify_ingest.lanes import BULK
 
 PAGE_ROWS = 50
 SEARCH_BUDGET = 5_000  # entries one source_id search request reads before it returns a cursor
 CHUNK_MAX = 500  # a sparse search reads up to this many entries per round trip
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+#: Replays go on the bulk lane, as `dlq replay` does: a replay is a backlog and must not
+#: delay live events.
+REPLAY_LANE = BULK
 
 
 class BadFilter(ValueError):
@@ -166,13 +171,14 @@ class Letters:
     def replay(self, *, ids: list[str] | None = None, query: Query | None = None,
                until: float | None = None) -> int:
         if ids:
-            return self.dlq.replay(ids=tuple(ids)).replayed
+            return self.dlq.replay(ids=tuple(ids), lane=REPLAY_LANE).replayed
         assert query is not None
         until = _cap(query.until, until)
         if query.q:
             ids = self._ids_matching(query, until, for_replay=True)
-            return self.dlq.replay(ids=tuple(ids)).replayed if ids else 0
-        return self.dlq.replay(**{**query.store_filters(), "until": until}).replayed
+            return self.dlq.replay(ids=tuple(ids), lane=REPLAY_LANE).replayed if ids else 0
+        return self.dlq.replay(**{**query.store_filters(), "until": until},
+                               lane=REPLAY_LANE).replayed
 
     def purge(self, *, ids: list[str] | None = None, query: Query | None = None,
               until: float | None = None) -> int:
