@@ -218,6 +218,10 @@ class SentinelChannel(_AtomicTake, kombu_redis.SentinelChannel):
     each channel was built with, and they are used here too.
     """
 
+    # The Sentinel options (master_name, ...) and the lanes' order: the mixin's own tuple is
+    # the plain channel's, which would drop master_name and leave the worker unable to connect.
+    from_transport_options = kombu_redis.SentinelChannel.from_transport_options + ("lane_order",)
+
     def _sentinel_managed_pool(self, asynchronous=False):
         transport = self.connection
         saved = self.__dict__.get("_voucherify_conninfo")

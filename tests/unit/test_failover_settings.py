@@ -70,3 +70,13 @@ def test_auth_and_scope():
     with pytest.raises(ConfigError, match="VOUCHERIFY_OAUTH_SCOPE"):
         _env(VOUCHERIFY_AUTH="oauth", VOUCHERIFY_OAUTH_SCOPE="events,customers")
     assert _env(VOUCHERIFY_AUTH="oauth", VOUCHERIFY_OAUTH_SCOPE="events customers").auth == "oauth"
+
+
+def test_the_sentinel_channel_takes_both_the_sentinel_options_and_the_lane_order():
+    """The atomic-take mixin carries the plain channel's option names; the Sentinel channel
+    must keep master_name (else the worker cannot find the master) and gain lane_order."""
+    from worker.transport import Channel, SentinelChannel
+
+    assert {"master_name", "sentinel_kwargs", "lane_order"} <= set(
+        SentinelChannel.from_transport_options)
+    assert "lane_order" in Channel.from_transport_options
