@@ -217,13 +217,17 @@ PIDBOX = "celery.pidbox"
 def forget_namespace(url: str, prefix: str, queue: str) -> None:
     """Delete every key the demo made: its prefix's keys, its queue, kombu's bindings of it and
     the remote-control deadline its worker left (unless another worker still uses it)."""
+    from voucherify_ingest.lanes import LANES, lane_queue
+
     client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
     try:
-        keys = {*client.scan_iter(match=f"{prefix}:*", count=1000),
-                *client.scan_iter(match=f"{queue}{KOMBU_SEP}*", count=1000)}
-        keys |= {prefix, queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}"}
+        keys = {*client.scan_iter(match=f"{prefix}:*", count=1000)}
+        for name in (lane_queue(queue, lane) for lane in LANES):  # every lane's list and bindings
+            keys |= {*client.scan_iter(match=f"{name}{KOMBU_SEP}*", count=1000)}
+            keys |= {name, f"_kombu.binding.{name}", f"_kombu.binding_permanent.{name}"}
+            client.zrem(KOMBU_DEADLINES, name)
+        keys.add(prefix)
         client.delete(*keys)
-        client.zrem(KOMBU_DEADLINES, queue)
         if not client.exists(f"_kombu.binding.{PIDBOX}"):  # no live Celery worker uses it
             client.zrem(KOMBU_DEADLINES, PIDBOX)
     except redis.RedisError:
