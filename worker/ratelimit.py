@@ -378,8 +378,12 @@ class RateLimiter:
         and re-checks). ``(False, park)``: nothing taken; park the event ``park`` seconds.
 
         A parked event is told to come back half of ``max_wait_s`` before its place in line,
-        so that its slot is then most likely within reach."""
+        so that its slot is then most likely within reach. Refused for the cycle quota: park
+        until it is worth looking again (as :meth:`wait_for_slot`), not 0 s, which would spin
+        on a spent allowance until the cycle resets."""
         grant = self.reserve(max_wait_s, lane)
+        if grant.quota:
+            return False, self._quota_wait(grant, lane)
         if grant.granted:
             return True, grant.wait_s
         return False, max(0.0, grant.wait_s - max_wait_s / 2)
