@@ -529,7 +529,9 @@ class Deliverer:
         return [Outcome("deferred", p[1], "batch time budget") for p in rest]
 
     def _flush(self, tally: _Tally) -> None:
-        """Write a batch's counters; best effort (the outcomes themselves are stored)."""
+        """Write a batch's counters, retried through a Redis blip as the ledger writes are (a
+        restart lost them, and ``stats`` under-counted delivered events); past that budget,
+        best effort (the outcomes themselves are stored)."""
         counts = {"delivered": tally.delivered, "attempts": tally.delivered,
                   "duplicates_avoided": tally.duplicates,
                   **{f"delivered:{lane}": n for lane, n in tally.by_lane.items()}}
@@ -537,12 +539,11 @@ class Deliverer:
         if not counts:
             return
         try:
-            with self.redis.pipeline(transaction=False) as pipe:
-                self.stats.record(pipe, counts)
-                self.stats.record_latencies(pipe, tally.latencies_ms)
-                pipe.execute()
-        except redis.RedisError as exc:
-            self.log.warning("batch_counters_not_stored", error=type(exc).__name__, **counts)
+            self._store(lambda pipe: (self.stats.record(pipe, counts),
+                                      self.stats.record_latencies(pipe, tally.latencies_ms)),
+                        budget_s=self.delivered_budget_s)
+        except OutcomeNotStored as exc:
+            self.log.warning("batch_counters_not_stored", error=str(exc), **counts)
 
     # -- Redis plumbing -----------------------------------------------------------------------
 
