@@ -106,6 +106,74 @@ def test_live_events_overtake_a_bulk_backlog_at_the_slot(standin, producer, star
     assert set(counts) <= set(bulk_ids) | set(sent)
 
 
+SLOW_LIMIT_PER_MIN = 100
+SLOW_INTERVAL_S = 60 / SLOW_LIMIT_PER_MIN  # one slot per 0.6 s
+SLOW_LIVE_BOUND_S = 2 * SLOW_INTERVAL_S + 0.3  # 1.5 s
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_live_events_overtake_a_bulk_backlog_at_100_per_min(standin, producer, start_worker):
+    """Issue 12's long scenario: 100/min, a bulk backlog that outlasts the run, 2 workers, one
+    live event every 3 s for 60 s. (``slow`` is not deselected by default: about 80 s.)
+
+    The stand-in plays the Business plan as Voucherify counts it: 100 calls a minute, a window
+    of 100 (``X-Rate-Limit-Limit: 100``). A smaller bucket would be announced in that header as
+    the plan's calls per minute and the workers would rightly slow down to it (``observe``);
+    the fleet's own 0.6 s spacing is checked from the arrivals instead."""
+    standin.set_rate_limit(SLOW_LIMIT_PER_MIN / 60, burst=SLOW_LIMIT_PER_MIN)
+    standin.set_latency(0.01)
+    bulk_ids = producer.enqueue_events([_event(i) for i in range(300)], batch_size=20,
+                                       lane=BULK)  # ~180 s of work at 100/min
+    for i in range(2):
+        start_worker(concurrency=8, name=f"worker-{i}",
+                     VOUCHERIFY_RATE_LIMIT=f"{SLOW_LIMIT_PER_MIN}/min,burst=2")
+    # Measured once the fleet is past its start: every thread took a bulk batch at once, and
+    # until the first batches end (time budget or a live event waiting, ~5 s) a live event also
+    # waits for a free thread, up to one more slot (1.62 s seen; reported, not hidden).
+    assert standin.wait_for_delivered(10, timeout=40), "the bulk backlog never got going"
+
+    sent: dict[str, float] = {}
+    started = time.monotonic()
+    for n in range(20):  # one live event every 3.1 s for 60 s (a fifth of the limit); not a
+        due = started + n * 3.1  # multiple of the 0.6 s slot, so arrivals sample every phase
+        time.sleep(max(0.0, due - time.monotonic()))  # the producer's pace, not a settle wait
+        event_id = producer.enqueue_event(_event(10_000 + n, "signed_up"))
+        sent[event_id] = time.monotonic()
+    arrived = _wait(lambda: set(sent) <= set(_arrivals(standin)), timeout=15)
+    arrivals = _arrivals(standin)
+    took = [round(arrivals[i] - sent[i], 2) for i in sent if i in arrivals]
+    assert arrived, (f"{len(set(sent) - set(arrivals))} of {len(sent)} live events never "
+                     f"arrived; the others took {took} s")
+    ended = max(arrivals[i] for i in sent)
+
+    latencies = [arrivals[i] - sent[i] for i in sent]
+    p50, p99, worst = (_quantile(latencies, q) for q in (0.5, 0.99, 1.0))
+    window = [r for r in standin.delivered() if started <= r.mono <= ended]
+    span = ended - started
+    achieved_per_min = len(window) / span * 60
+    bulk_per_min = sum(1 for r in window if r.event_id not in sent) / span * 60
+    print(f"100/min: live latency p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max "
+          f"{worst * 1000:.0f} ms (bound {SLOW_LIVE_BOUND_S * 1000:.0f} ms, {len(sent)} live); "
+          f"fleet {achieved_per_min:.1f}/min, bulk {bulk_per_min:.1f}/min of "
+          f"{SLOW_LIMIT_PER_MIN}/min over {span:.1f} s")
+    assert worst <= SLOW_LIVE_BOUND_S, f"a live event took {worst:.3f}s: {sorted(latencies)}"
+    # 0.9, not the 20/s test's 0.95: over ~60 s the window holds only ~100 slots, so the window
+    # edges alone are worth 1-2%, and each slot a thread wakes too late for on this shared
+    # 2-core machine is left unused (the limiter's late tolerance is 0.6 s at burst 2, but a
+    # missed slot costs a whole 1% here). 0.9 still fails if live priority wasted slots (20
+    # live events x one lost slot each = 20%) or bulk stalled behind live.
+    assert achieved_per_min >= 0.9 * SLOW_LIMIT_PER_MIN, (
+        f"the fleet used {achieved_per_min:.1f}/min of {SLOW_LIMIT_PER_MIN}/min")
+    # ... and never above it: the limit's slots in the window, plus the burst of 2, plus one
+    assert len(window) <= span / SLOW_INTERVAL_S + 3, f"{len(window)} calls in {span:.1f} s"
+    assert standin.too_many_count() == 0
+    counts = standin.delivered_ids()
+    assert max(counts.values()) == 1, "an event was delivered twice"
+    assert set(counts) <= set(bulk_ids) | set(sent)
+    assert len(set(counts) & set(bulk_ids)) < len(bulk_ids), "the backlog did not outlast the run"
+
+
 def _foreign_client(url: str, stop: threading.Event, statuses: list[int], *, burst: int,
                     every_s: float) -> None:
     """Another user of the same project (the app's checkout): ``burst`` calls back to back
