@@ -70,10 +70,12 @@ class OutcomeNotStored(Exception):
 class Limiter(Protocol):
     """What delivery needs from the shared rate limiter (``worker.ratelimit``)."""
 
-    def wait_for_slot(self, max_wait_s: float, sleep, lane: str = LIVE) -> float | None:
+    def wait_for_slot(self, max_wait_s: float, sleep, lane: str = LIVE,
+                      give_way=None) -> float | None:
         """Sleep until this worker's slot (at most ``max_wait_s``) and return None: send now.
         A number instead: do not send; park the event that many seconds (no retry used).
-        ``lane``: a live caller is served before any bulk caller not yet sent."""
+        ``lane``: a live caller is served before any bulk caller not yet sent. ``give_way``:
+        a bulk caller refused a slot parks at once when it says True."""
 
     def acquire(self, max_wait_s: float) -> tuple[bool, float]:
         """Take a slot within ``max_wait_s`` (True, seconds to it) or take none (False, seconds
@@ -333,9 +335,19 @@ class Deliverer:
 
     def _take_slot(self, lane: str = LIVE) -> float | None:
         """Wait for a rate-limit slot: None when it is ours, else seconds to park the event."""
+        # A bulk event waiting in line gives its thread up when a live event waits for one
+        # (all threads may be holding bulk events): else the live event waits a slot more.
+        give_way = self._live_queued if lane == BULK else None
         return self._redis_call(
-            self.limiter.wait_for_slot, self.settings.rate_limit_max_wait_s, self.sleep, lane
+            self.limiter.wait_for_slot, self.settings.rate_limit_max_wait_s, self.sleep, lane,
+            give_way,
         )
+
+    def _live_queued(self) -> bool:
+        try:
+            return bool(self.redis.llen(self.keys.lane_queue(LIVE)))
+        except redis.RedisError:
+            return False
 
     def _live_waiting(self, envelope: dict) -> bool:
         """A bulk batch gives its thread up between events while live events wait in their
@@ -529,7 +541,9 @@ class Deliverer:
         return [Outcome("deferred", p[1], "batch time budget") for p in rest]
 
     def _flush(self, tally: _Tally) -> None:
-        """Write a batch's counters; best effort (the outcomes themselves are stored)."""
+        """Write a batch's counters, retried through a Redis blip as the ledger writes are (a
+        restart lost them, and ``stats`` under-counted delivered events); past that budget,
+        best effort (the outcomes themselves are stored)."""
         counts = {"delivered": tally.delivered, "attempts": tally.delivered,
                   "duplicates_avoided": tally.duplicates,
                   **{f"delivered:{lane}": n for lane, n in tally.by_lane.items()}}
@@ -537,12 +551,11 @@ class Deliverer:
         if not counts:
             return
         try:
-            with self.redis.pipeline(transaction=False) as pipe:
-                self.stats.record(pipe, counts)
-                self.stats.record_latencies(pipe, tally.latencies_ms)
-                pipe.execute()
-        except redis.RedisError as exc:
-            self.log.warning("batch_counters_not_stored", error=type(exc).__name__, **counts)
+            self._store(lambda pipe: (self.stats.record(pipe, counts),
+                                      self.stats.record_latencies(pipe, tally.latencies_ms)),
+                        budget_s=self.delivered_budget_s)
+        except OutcomeNotStored as exc:
+            self.log.warning("batch_counters_not_stored", error=str(exc), **counts)
 
     # -- Redis plumbing -----------------------------------------------------------------------
 

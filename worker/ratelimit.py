@@ -378,8 +378,12 @@ class RateLimiter:
         and re-checks). ``(False, park)``: nothing taken; park the event ``park`` seconds.
 
         A parked event is told to come back half of ``max_wait_s`` before its place in line,
-        so that its slot is then most likely within reach."""
+        so that its slot is then most likely within reach. Refused for the cycle quota: park
+        until it is worth looking again (as :meth:`wait_for_slot`), not 0 s, which would spin
+        on a spent allowance until the cycle resets."""
         grant = self.reserve(max_wait_s, lane)
+        if grant.quota:
+            return False, self._quota_wait(grant, lane)
         if grant.granted:
             return True, grant.wait_s
         return False, max(0.0, grant.wait_s - max_wait_s / 2)
@@ -397,7 +401,7 @@ class RateLimiter:
         return max(self.limit.interval_s * self.limit.burst / 2, MIN_LATE_TOLERANCE_S)
 
     def wait_for_slot(
-        self, max_wait_s: float, sleep=time.sleep, lane: str = LIVE
+        self, max_wait_s: float, sleep=time.sleep, lane: str = LIVE, give_way=None
     ) -> float | None:
         """Take a slot and sleep until it: None means send now; a number means do not send,
         park the event that many seconds (no slot within ``max_wait_s``, or a cool-down began
@@ -410,13 +414,17 @@ class RateLimiter:
 
         A ``bulk`` caller is refused slots further ahead than about one interval; it sleeps
         until its place in the bulk line and asks again, within the same bound, so that a live
-        caller arriving meanwhile is served first."""
+        caller arriving meanwhile is served first. ``give_way`` (bulk): called each time the
+        caller is refused; True (a live event waits for a thread) parks the event at once (0 s)
+        instead of sleeping on, so the live event gets this thread without waiting for it."""
         budget_s = max_wait_s
         while True:
             grant = self.reserve(budget_s, lane)
             if grant.quota:
                 return self._quota_wait(grant, lane)
             if not grant.granted and lane == BULK and grant.wait_s < budget_s:
+                if give_way is not None and give_way():
+                    return 0.0
                 sleep(grant.wait_s)
                 budget_s -= grant.wait_s
                 continue

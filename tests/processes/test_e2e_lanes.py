@@ -6,6 +6,7 @@ times (``time.monotonic`` in this process) against the enqueue time taken here."
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -17,9 +18,18 @@ import time
 import pytest
 import requests
 
-from tests.support.pipeline import APP_ID, APP_TOKEN
+from producers import Producer
+from tests.support.pipeline import (
+    APP_ID,
+    APP_TOKEN,
+    WORKER_READY_TIMEOUT_S,
+    make_env,
+    wait_quiet,
+    worker_argv,
+)
 from voucherify_ingest.keys import Keys
 from voucherify_ingest.lanes import BULK, LIVE
+from voucherify_ingest.settings import Settings
 
 pytestmark = pytest.mark.e2e
 
@@ -94,6 +104,75 @@ def test_live_events_overtake_a_bulk_backlog_at_the_slot(standin, producer, star
     counts = standin.delivered_ids()
     assert max(counts.values()) == 1, "an event was delivered twice"
     assert set(counts) <= set(bulk_ids) | set(sent)
+
+
+SLOW_LIMIT_PER_MIN = 100
+SLOW_INTERVAL_S = 60 / SLOW_LIMIT_PER_MIN  # one slot per 0.6 s
+SLOW_LIVE_BOUND_S = 2 * SLOW_INTERVAL_S + 0.3  # 1.5 s
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_live_events_overtake_a_bulk_backlog_at_100_per_min(standin, producer, start_worker):
+    """Issue 12's long scenario: 100/min, a bulk backlog that outlasts the run, 2 workers, one
+    live event every 3 s for 60 s. (``slow`` is not deselected by default: about 80 s.)
+
+    The stand-in plays the Business plan as Voucherify counts it: 100 calls a minute, a window
+    of 100 (``X-Rate-Limit-Limit: 100``). A smaller bucket would be announced in that header as
+    the plan's calls per minute and the workers would rightly slow down to it (``observe``);
+    the fleet's own 0.6 s spacing is checked from the arrivals instead."""
+    standin.set_rate_limit(SLOW_LIMIT_PER_MIN / 60, burst=SLOW_LIMIT_PER_MIN)
+    standin.set_latency(0.01)
+    bulk_ids = producer.enqueue_events([_event(i) for i in range(300)], batch_size=20,
+                                       lane=BULK)  # ~180 s of work at 100/min
+    for i in range(2):
+        start_worker(concurrency=8, name=f"worker-{i}",
+                     VOUCHERIFY_RATE_LIMIT=f"{SLOW_LIMIT_PER_MIN}/min,burst=2")
+    # Measured once the fleet is at pace (as the 20/s test waits for 60 deliveries): at the
+    # start every thread takes a bulk batch at once. Before bulk gave its thread way to a live
+    # event (wait_for_slot's give_way), a live event waited up to a slot more for a thread
+    # (1.62 s then, at the start and later too).
+    assert standin.wait_for_delivered(10, timeout=40), "the bulk backlog never got going"
+
+    sent: dict[str, float] = {}
+    started = time.monotonic()
+    for n in range(20):  # one live event every 3.1 s for 60 s (a fifth of the limit); not a
+        due = started + n * 3.1  # multiple of the 0.6 s slot, so arrivals sample every phase
+        time.sleep(max(0.0, due - time.monotonic()))  # the producer's pace, not a settle wait
+        event_id = producer.enqueue_event(_event(10_000 + n, "signed_up"))
+        sent[event_id] = time.monotonic()
+    arrived = _wait(lambda: set(sent) <= set(_arrivals(standin)), timeout=15)
+    arrivals = _arrivals(standin)
+    took = [round(arrivals[i] - sent[i], 2) for i in sent if i in arrivals]
+    assert arrived, (f"{len(set(sent) - set(arrivals))} of {len(sent)} live events never "
+                     f"arrived; the others took {took} s")
+    ended = max(arrivals[i] for i in sent)
+
+    latencies = [arrivals[i] - sent[i] for i in sent]
+    p50, p99, worst = (_quantile(latencies, q) for q in (0.5, 0.99, 1.0))
+    window = [r for r in standin.delivered() if started <= r.mono <= ended]
+    span = ended - started
+    achieved_per_min = len(window) / span * 60
+    bulk_per_min = sum(1 for r in window if r.event_id not in sent) / span * 60
+    print(f"100/min: live latency p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max "
+          f"{worst * 1000:.0f} ms (bound {SLOW_LIVE_BOUND_S * 1000:.0f} ms, {len(sent)} live); "
+          f"fleet {achieved_per_min:.1f}/min, bulk {bulk_per_min:.1f}/min of "
+          f"{SLOW_LIMIT_PER_MIN}/min over {span:.1f} s")
+    assert worst <= SLOW_LIVE_BOUND_S, f"a live event took {worst:.3f}s: {sorted(latencies)}"
+    # 0.9, not the 20/s test's 0.95: over ~60 s the window holds only ~100 slots, so the window
+    # edges alone are worth 1-2%, and each slot a thread wakes too late for on this shared
+    # 2-core machine is left unused (the limiter's late tolerance is 0.6 s at burst 2, but a
+    # missed slot costs a whole 1% here). 0.9 still fails if live priority wasted slots (20
+    # live events x one lost slot each = 20%) or bulk stalled behind live.
+    assert achieved_per_min >= 0.9 * SLOW_LIMIT_PER_MIN, (
+        f"the fleet used {achieved_per_min:.1f}/min of {SLOW_LIMIT_PER_MIN}/min")
+    # ... and never above it: the limit's slots in the window, plus the burst of 2, plus one
+    assert len(window) <= span / SLOW_INTERVAL_S + 3, f"{len(window)} calls in {span:.1f} s"
+    assert standin.too_many_count() == 0
+    counts = standin.delivered_ids()
+    assert max(counts.values()) == 1, "an event was delivered twice"
+    assert set(counts) <= set(bulk_ids) | set(sent)
+    assert len(set(counts) & set(bulk_ids)) < len(bulk_ids), "the backlog did not outlast the run"
 
 
 def _foreign_client(url: str, stop: threading.Event, statuses: list[int], *, burst: int,
@@ -228,3 +307,87 @@ def test_cli_enqueue_lanes_defaults_and_unknown_lane(pipeline_env, redis_client,
     assert run("--file", "in.ndjson", "--lane", "live", "--no-ledger-check").returncode == 0
     assert redis_client.llen(keys.lane_queue(LIVE)) == 2
     assert redis_client.llen(keys.lane_queue(BULK)) == 2
+
+
+def _ids_in(value) -> list[str]:
+    """Event ids of the envelopes inside a Celery message body (one event or a batch)."""
+    if isinstance(value, dict):
+        if "id" in value and "payload" in value:
+            return [value["id"]]
+        return [i for v in value.values() for i in _ids_in(v)]
+    if isinstance(value, list):
+        return [i for v in value for i in _ids_in(v)]
+    return []
+
+
+def _message_ids(raw: bytes | str) -> list[str]:
+    message = json.loads(raw)
+    return _ids_in(json.loads(base64.b64decode(message["body"])))
+
+
+def _where_events_wait(client, keys: Keys) -> dict[str, set[str]]:
+    """event id -> the lanes whose list, delayed set or unacked messages hold it now."""
+    where: dict[str, set[str]] = {}
+    for lane in (LIVE, BULK):
+        raws = client.lrange(keys.lane_queue(lane), 0, -1)
+        raws += client.zrange(keys.lane_delayed(lane), 0, -1)
+        for raw in raws:
+            for event_id in _message_ids(raw):
+                where.setdefault(event_id, set()).add(lane)
+    by_queue = {keys.lane_queue(lane): lane for lane in (LIVE, BULK)}
+    for value in client.hvals(keys.unacked):
+        message = json.loads(value)[0]
+        lane = by_queue[message["properties"]["delivery_info"]["routing_key"]]
+        for event_id in _ids_in(json.loads(base64.b64decode(message["body"]))):
+            where.setdefault(event_id, set()).add(lane)
+    return where
+
+
+def test_lanes_survive_a_redis_restart(private_redis, namespace, standin, make_process):
+    """Redis (AOF) is restarted while both lanes hold events: every event is delivered once,
+    and from its own lane (what waits after the restart sits in its lane's list, delayed set or
+    unacked messages; the per-lane delivered counters come out exact)."""
+    env = make_env(private_redis.url, namespace, standin.url,
+                   VOUCHERIFY_RATE_LIMIT="10/s,burst=2")
+    settings = Settings.from_env(env)
+    keys = Keys.from_settings(settings)
+    client = private_redis.client()
+    standin.set_rate_limit(10, burst=STANDIN_BURST)
+    producer = Producer(settings)
+    try:
+        bulk_ids = producer.enqueue_events([_event(i) for i in range(60)], batch_size=10,
+                                           lane=BULK)
+        live_ids = producer.enqueue_events([_event(100 + i) for i in range(5)])
+        for i in range(2):
+            make_process(worker_argv(4), env=env, name=f"worker-{i}").wait_for_output(
+                '"worker_ready"', timeout=WORKER_READY_TIMEOUT_S)
+        assert standin.wait_for_delivered(15, timeout=30), "delivery never started"
+        live_ids += producer.enqueue_events([_event(200 + i) for i in range(5)])
+        private_redis.restart(down_s=1.0)  # SIGTERM, down 1 s, up again from the AOF
+
+        expected = {**dict.fromkeys(bulk_ids, BULK), **dict.fromkeys(live_ids, LIVE)}
+        waiting = _where_events_wait(client, keys)
+        delivered_at_restart = len(standin.delivered())
+        assert {lane for lanes in waiting.values() for lane in lanes} == {LIVE, BULK} or (
+            pytest.fail(f"not mid-run: {delivered_at_restart} delivered, waiting {waiting}"))
+        wrong = {i: lanes for i, lanes in waiting.items() if lanes != {expected[i]}}
+        assert not wrong, f"events moved lanes over the restart: {wrong}"
+        live_ids += producer.enqueue_events([_event(300 + i) for i in range(5)])  # after it
+
+        total = len(bulk_ids) + len(live_ids)
+        assert standin.wait_for_delivered(total, timeout=60), (
+            f"{len(standin.delivered())} of {total} delivered")
+        wait_quiet(client, settings, timeout=30)
+        counts = standin.delivered_ids()
+        assert set(counts) == set(bulk_ids) | set(live_ids)
+        assert max(counts.values()) == 1, "an event was delivered twice"
+        for lane in (LIVE, BULK):
+            assert client.llen(keys.lane_queue(lane)) == 0
+            assert client.zcard(keys.lane_delayed(lane)) == 0
+        counters = client.hgetall(f"{settings.key_prefix}:stats:counters")
+        assert (int(counters.get(b"delivered:live", 0)), int(counters.get(b"delivered:bulk", 0))
+                ) == (len(live_ids), len(bulk_ids)), counters
+        assert client.hlen(keys.dlq_entries) == 0
+    finally:
+        producer.close()
+        client.close()
