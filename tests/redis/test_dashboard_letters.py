@@ -69,7 +69,7 @@ def test_replay_and_purge_by_customer_take_what_the_count_said(redis_client, nam
     assert view.count(query, for_replay=True) == 10  # the invalid one is not replayed
     assert view.count(query, for_replay=False) == 11
     assert view.replay(query=query, until=time.time()) == 10
-    assert redis_client.llen(keys.queue) == 10
+    assert redis_client.llen(keys.lane_queue("bulk")) == 10  # replays are a backlog: bulk
     assert [e["id"] for e in view.page(query).entries] == ["bad-1"]
     assert view.purge(query=query, until=time.time()) == 1
     assert dlq.count() == 90
