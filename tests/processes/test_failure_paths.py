@@ -14,6 +14,7 @@ import time
 import pytest
 
 from tests.support.pipeline import WORKER_READY_TIMEOUT_S
+from tests.support.waiting import wait_for
 from voucherify_ingest.deadletters import DeadLetterStore
 from voucherify_ingest.keys import Keys
 from voucherify_ingest.standin import respond
@@ -24,16 +25,6 @@ pytestmark = pytest.mark.e2e
 def _event(n: int, **metadata) -> dict:
     return {"event": "order_paid", "customer": {"source_id": f"user-{n}"},
             "metadata": {"n": n, **metadata}}
-
-
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 FAULTY_LAUNCHER = """
@@ -65,7 +56,7 @@ def test_an_unexpected_exception_is_dead_lettered_as_internal_not_acked_silently
     worker = make_process([sys.executable, str(launcher)], env=pipeline_env, name="faulty")
     worker.wait_for_output('"worker_ready"', timeout=WORKER_READY_TIMEOUT_S)
     dlq = DeadLetterStore(redis_client, Keys.from_settings(pipeline_settings))
-    entry = _wait(lambda: dlq.get(bad), 30, "the faulty event in the dead-letter store")
+    entry = wait_for(lambda: dlq.get(bad), 30, "the faulty event in the dead-letter store")
     assert entry["reason"] == "internal"
     assert entry["payload"]["metadata"]["boom"] is True
     assert "KeyError" in entry["error"]["message"]
@@ -73,7 +64,7 @@ def test_an_unexpected_exception_is_dead_lettered_as_internal_not_acked_silently
     assert entry["error"]["details"], "where the error was raised is kept"
     # The batch: its good event was delivered before the fault, the faulty one dead-lettered,
     # and the delivered one is not dead-lettered as well.
-    _wait(lambda: dlq.get(batch[1]), 30, "the batch's faulty event in the dead-letter store")
+    wait_for(lambda: dlq.get(batch[1]), 30, "the batch's faulty event in the dead-letter store")
     assert standin.wait_for_delivered(2, timeout=30)
     assert set(standin.delivered_ids()) == {good, batch[0]}
     assert dlq.get(batch[0]) is None
@@ -126,7 +117,7 @@ def test_refused_credentials_pause_the_fleet_and_resume_by_themselves(
                           VOUCHERIFY_AUTH_DEAD_LETTER_AFTER_S="600")
     refused_at = time.monotonic()
     # Hold the refusal until the fleet has probed a few times (observable: refused POSTs).
-    _wait(lambda: len(standin.received()) >= 6, 30, "a few probes while refused")
+    wait_for(lambda: len(standin.received()) >= 6, 30, "a few probes while refused")
     standin.set_up()
     refused_s = time.monotonic() - refused_at
     refused = len(standin.received())
@@ -152,7 +143,7 @@ def test_refused_credentials_are_dead_lettered_as_auth_after_the_bound(
     start_worker(concurrency=2, VOUCHERIFY_AUTH_PROBE_INTERVAL_S="0.2",
                  VOUCHERIFY_AUTH_DEAD_LETTER_AFTER_S="1.5")
     dlq = DeadLetterStore(redis_client, Keys.from_settings(pipeline_settings))
-    _wait(lambda: dlq.count() == 5, 30, "every event dead-lettered once the bound passed")
+    wait_for(lambda: dlq.count() == 5, 30, "every event dead-lettered once the bound passed")
     entries = [dlq.get(i) for i in ids]
     assert {e["reason"] for e in entries} == {"auth"}
     # Not one before the pause had lasted the bound, counted from the first refusal.

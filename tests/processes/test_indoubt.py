@@ -11,10 +11,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
+from tests.support.waiting import wait_for
 from voucherify_ingest.deadletters import DeadLetterStore
 from voucherify_ingest.indoubt import (
     HELD,
@@ -45,16 +45,6 @@ def _counters(redis_client, settings) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in raw.items()}
 
 
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _dlq(redis_client, settings) -> DeadLetterStore:
     return DeadLetterStore(redis_client, Keys.from_settings(settings))
 
@@ -73,12 +63,12 @@ def test_hold_dead_letters_a_stalled_send_with_its_evidence_and_never_resends(
     event_id = producer.enqueue_event(_event(1))
     start_worker()  # no marker key: the default policy is hold
     dlq = _dlq(redis_client, pipeline_settings)
-    entry = _wait(lambda: dlq.get(event_id), 30, "the in-doubt dead letter")
+    entry = wait_for(lambda: dlq.get(event_id), 30, "the in-doubt dead letter")
     assert entry["reason"] == "in_doubt"
     evidence = entry["in_doubt"]
     assert evidence["sent_by"] and evidence["sent_at"].endswith("Z")
     assert "timed out" in evidence["what"]
-    _wait(lambda: standin.delivered_ids().get(event_id) == 1, 10, "the stalled 200")
+    wait_for(lambda: standin.delivered_ids().get(event_id) == 1, 10, "the stalled 200")
     assert len(standin.received()) == 1, "an in-doubt send was sent again"
     counters = _counters(redis_client, pipeline_settings)
     assert counters[HELD] == 1 and counters["dead_lettered:in_doubt"] == 1
@@ -91,11 +81,11 @@ def test_verify_finds_the_stalled_event_and_records_it_delivered_without_a_resen
     standin.plan(stall(STALL_S))
     event_id = producer.enqueue_event(_event(2))
     start_worker(**VERIFY)
-    _wait(lambda: _settled(redis_client, pipeline_settings, event_id), 30, "settled")
+    wait_for(lambda: _settled(redis_client, pipeline_settings, event_id), 30, "settled")
     keys = Keys.from_settings(pipeline_settings)
     assert redis_client.exists(keys.delivered(event_id))
     # found before the stalled 200 was even answered (the API processed it on arrival)
-    _wait(lambda: standin.delivered_ids().get(event_id), 10, "the stalled 200")
+    wait_for(lambda: standin.delivered_ids().get(event_id), 10, "the stalled 200")
     assert standin.delivered_ids() == {event_id: 1}
     (record,) = standin.received()
     assert record.body["metadata"] == {"n": 2, MARKER: event_id}  # the marker on the wire
@@ -114,8 +104,8 @@ def test_verify_waits_out_an_activity_lag_longer_than_one_lookup(
     standin.plan(stall(2.5))
     event_id = producer.enqueue_event(_event(3))
     start_worker(**{**VERIFY, "VOUCHERIFY_IN_DOUBT_GRACE_S": "8"})
-    _wait(lambda: _settled(redis_client, pipeline_settings, event_id), 40, "settled")
-    _wait(lambda: standin.delivered_ids().get(event_id), 10, "the stalled 200")
+    wait_for(lambda: _settled(redis_client, pipeline_settings, event_id), 40, "settled")
+    wait_for(lambda: standin.delivered_ids().get(event_id), 10, "the stalled 200")
     assert standin.delivered_ids() == {event_id: 1}, "the late activity caused a resend"
     counters = _counters(redis_client, pipeline_settings)
     assert counters[VERIFIED_DELIVERED] == 1
@@ -130,8 +120,8 @@ def test_verify_resends_once_the_grace_shows_the_event_absent(
     standin.plan(drop())
     event_id = producer.enqueue_event(_event(4))
     start_worker(**VERIFY)
-    _wait(lambda: standin.delivered_ids().get(event_id), 40, "the resend")
-    _wait(lambda: _settled(redis_client, pipeline_settings, event_id), 10, "settled")
+    wait_for(lambda: standin.delivered_ids().get(event_id), 40, "the resend")
+    wait_for(lambda: _settled(redis_client, pipeline_settings, event_id), 10, "settled")
     assert standin.delivered_ids() == {event_id: 1}
     first, second = sorted(standin.received(), key=lambda r: r.mono)
     assert second.mono - first.mono >= 4.0 - 0.2, "resent before the grace had passed"
@@ -149,9 +139,9 @@ def test_a_failing_lookup_is_retried_then_held_not_resent(
     event_id = producer.enqueue_event(_event(5))
     start_worker(**VERIFY)
     dlq = _dlq(redis_client, pipeline_settings)
-    entry = _wait(lambda: dlq.get(event_id), 60, "the held event")
+    entry = wait_for(lambda: dlq.get(event_id), 60, "the held event")
     assert entry["reason"] == "in_doubt" and entry["in_doubt"]["lookup_error"]
-    _wait(lambda: standin.delivered_ids().get(event_id), 10, "the stalled 200")
+    wait_for(lambda: standin.delivered_ids().get(event_id), 10, "the stalled 200")
     assert len(standin.received()) == 1, "a failed lookup led to a blind resend"
     counters = _counters(redis_client, pipeline_settings)
     assert counters[LOOKUP_FAILED] == 1
@@ -164,8 +154,8 @@ def test_resend_policy_sends_again_and_counts_it(
     standin.plan(stall(STALL_S))
     event_id = producer.enqueue_event(_event(6))
     start_worker(VOUCHERIFY_IN_DOUBT="hold", VOUCHERIFY_IN_DOUBT_EVENTS="order_paid=resend")
-    _wait(lambda: standin.delivered_ids().get(event_id) == 2, 30, "the blind resend")
-    _wait(lambda: _counters(redis_client, pipeline_settings).get(RESENT) == 1, 10, "counted")
+    wait_for(lambda: standin.delivered_ids().get(event_id) == 2, 30, "the blind resend")
+    wait_for(lambda: _counters(redis_client, pipeline_settings).get(RESENT) == 1, 10, "counted")
 
 
 def test_replay_of_held_events_sends_them(
@@ -175,7 +165,7 @@ def test_replay_of_held_events_sends_them(
     event_id = producer.enqueue_event(_event(7))
     start_worker()
     dlq = _dlq(redis_client, pipeline_settings)
-    _wait(lambda: dlq.get(event_id), 30, "the held event")
+    wait_for(lambda: dlq.get(event_id), 30, "the held event")
     result = subprocess.run(
         [sys.executable, "-m", "voucherify_ingest.cli", "dlq", "replay", "--reason", "in_doubt"],
         env={**os.environ, **pipeline_env}, capture_output=True, text=True, timeout=60,
@@ -183,7 +173,7 @@ def test_replay_of_held_events_sends_them(
     )
     assert result.returncode == 0, result.stderr
     assert "replayed 1 " in result.stdout
-    _wait(lambda: standin.delivered_ids().get(event_id) == 1, 30, "the replayed event")
+    wait_for(lambda: standin.delivered_ids().get(event_id) == 1, 30, "the replayed event")
 
 
 def test_in_doubt_counts_show_in_stats_metrics_and_dlq_stats(
@@ -196,7 +186,7 @@ def test_in_doubt_counts_show_in_stats_metrics_and_dlq_stats(
     standin.plan(stall(STALL_S))
     event_id = producer.enqueue_event(_event(8))
     start_worker()
-    _wait(lambda: _dlq(redis_client, pipeline_settings).get(event_id), 30, "the held event")
+    wait_for(lambda: _dlq(redis_client, pipeline_settings).get(event_id), 30, "the held event")
 
     def cli(*args: str) -> dict:
         result = subprocess.run(
