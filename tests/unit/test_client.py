@@ -79,13 +79,6 @@ def test_retry_after_forms():
 
 
 @pytest.fixture
-def api():
-    server = StandIn("app", "token-123456").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def client(api):
     settings = Settings.from_env({
         "VOUCHERIFY_API_URL": api.url, "VOUCHERIFY_APP_ID": "app",

@@ -12,7 +12,7 @@ import pytest
 from voucherify_ingest.errors import ConfigError, RetryableDelivery
 from voucherify_ingest.indoubt import HOLD, RESEND, VERIFY, Policies, SendRecord
 from voucherify_ingest.settings import Settings
-from voucherify_ingest.standin import StandIn, drop, respond, stall
+from voucherify_ingest.standin import drop, respond, stall
 from worker.activity import ABSENT, FAILED, FOUND, ActivityLookup, matches
 from worker.client import VoucherifyClient
 
@@ -25,13 +25,6 @@ def _settings(url: str, **extra: str) -> Settings:
         "VOUCHERIFY_APP_TOKEN": "token-123456", "VOUCHERIFY_READ_TIMEOUT_S": "0.5",
         "VOUCHERIFY_CONNECT_TIMEOUT_S": "0.5", **extra,
     })
-
-
-@pytest.fixture
-def api():
-    server = StandIn("app", "token-123456").start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
