@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 
 from tests.chaos.harness import drain_budget_s, event_count
-from tests.chaos.kills import run_kills
+from tests.chaos.kills import CONCURRENCY, run_kills
 from voucherify_ingest.indoubt import HELD, LOOKUPS, RESENT, VERIFIED_DELIVERED
 
 INDOUBT_EVENTS = min(event_count(), 1_500)
@@ -63,7 +63,12 @@ def test_verify_never_twice_never_lost_all_delivered(
     assert report.dead_lettered == 0 and report.delivered == report.enqueued
     assert run.counters.get(VERIFIED_DELIVERED, 0) > 0
     lookups = run.counters.get(LOOKUPS, 0)
-    assert lookups > 0 and lookups == run.standin_stats["lookups"]
+    answered = run.standin_stats["lookups"]
+    # The counter is written after the lookup's answer, in the same pipeline as its outcome:
+    # a SIGKILL in between loses that count (one CI run: 120 counted, 121 answered). So the
+    # counter never over-counts, and under-counts by at most the lookups in flight at the
+    # kills (one per thread).
+    assert 0 < lookups <= answered <= lookups + run.kills * CONCURRENCY, (lookups, answered)
     report.extra["lookups per in-doubt send"] = round(lookups / report.in_doubt_sends, 2)
 
 
