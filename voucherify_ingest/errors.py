@@ -6,7 +6,7 @@
      +-- ConfigError               bad or missing settings; the process refuses to start
      +-- InvalidEvent              payload fails the schema (carries field -> messages)
      +-- PayloadTooLarge           payload over the size cap (an InvalidEvent)
-     +-- BrokerUnavailable         Redis did not answer (URL shown without its password)
+     +-- BrokerUnavailable         Redis did not answer or refused us (URL without password)
      +-- SpoolFull                 the producer's local spool is at its size cap
      +-- DeliveryError             POST /v1/events did not succeed
           +-- RetryableDelivery    connection errors, timeouts, 408, 429, 5xx, gateway pages

@@ -29,6 +29,8 @@ __all__ = [
     "ReplicasNotConfirmed",
     "broker_unavailable",
     "check_replicas",
+    "credentials_refused",
+    "describe_redis_failure",
     "make_redis",
     "read_timeout_s",
     "sentinel_hosts",
@@ -116,10 +118,25 @@ def make_redis(settings: Settings, *, timeout_s: float | None = None) -> redis.R
     return client
 
 
-def broker_unavailable(url: str, exc: BaseException) -> BrokerUnavailable:
-    """Our own error for a Redis failure, naming the URL without its password."""
+def credentials_refused(exc: BaseException) -> bool:
+    """Redis answered, and refused who we are (``WRONGPASS``, ``NOAUTH``, a bad ``AUTH``):
+    retrying does not help until ``REDIS_URL`` changes."""
+    return isinstance(exc, (redis.AuthenticationError, redis.AuthenticationWrongNumberOfArgsError))
+
+
+def describe_redis_failure(url: str, exc: BaseException) -> str:
+    """One sentence for a Redis failure, naming the URL without its password: "refused the
+    credentials" when Redis answered no to them, else "did not answer"."""
     detail = type(exc).__name__
     text = str(exc)
     if text and "@" not in text:
         detail = f"{detail}: {text}"
-    return BrokerUnavailable(f"Redis at {redact_url(url)} did not answer ({detail})")
+    if credentials_refused(exc):
+        return (f"Redis at {redact_url(url)} refused the credentials in REDIS_URL ({detail}); "
+                "check the password (and user) in REDIS_URL")
+    return f"Redis at {redact_url(url)} did not answer ({detail})"
+
+
+def broker_unavailable(url: str, exc: BaseException) -> BrokerUnavailable:
+    """Our own error for a Redis failure, naming the URL without its password."""
+    return BrokerUnavailable(describe_redis_failure(url, exc))

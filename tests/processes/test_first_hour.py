@@ -258,6 +258,31 @@ def test_worker_logs_one_line_per_attempt_while_redis_is_unreachable(make_proces
     assert server.password not in worker.output()
 
 
+def test_worker_refused_by_redis_exits_at_once_saying_so(make_process, make_redis_server,
+                                                        namespace, standin):
+    """A wrong password is not a Redis that is late: waiting cannot fix it. The worker says
+    "refused the credentials" once and exits 1 (the supervisor restarts it, saying it again);
+    check, stats and enqueue say the same words. The wrong password is never shown."""
+    server = make_redis_server(password="pw-right-" + namespace, appendonly=False)
+    wrong = f"redis://:pw-wrong-{namespace}@127.0.0.1:{server.port}/0"
+    env = make_env(wrong, namespace, standin.url)
+    worker = make_process(CLI + ["worker", "-c", "1"], env=env, name="worker-wrong-password")
+    assert worker.wait(timeout=30) == 1
+    output = worker.output()
+    refused = [json.loads(line) for line in output.splitlines()
+               if "redis_credentials_refused" in line]
+    assert len(refused) == 1 and refused[0]["level"] == "error", output
+    assert "refused the credentials in REDIS_URL" in refused[0]["detail"]
+    assert "redis_unreachable" not in output and '"worker_ready"' not in output
+    assert f"pw-wrong-{namespace}" not in output
+    for args in (["check"], ["stats"], ["enqueue", '{"event":"e","customer":{"source_id":"c"}}']):
+        result = run(args, env)
+        assert result.returncode != 0, (args, result.stdout, result.stderr)
+        said = result.stdout + result.stderr
+        assert "refused the credentials in REDIS_URL" in said, (args, said)
+        assert f"pw-wrong-{namespace}" not in said and "Traceback" not in said
+
+
 def test_worker_waiting_for_redis_stops_cleanly_on_sigterm(make_process, namespace, standin):
     env = make_env(f"redis://127.0.0.1:{closed_port()}/0", namespace, standin.url)
     worker = make_process(CLI + ["worker", "-c", "1"], env=env, name="worker-wait-stop")

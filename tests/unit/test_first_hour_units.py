@@ -61,3 +61,20 @@ def test_api_in_clear_means_http_to_another_machine(url, in_clear):
 
 def test_redis_retry_delays_double_up_to_a_cap():
     assert list(itertools.islice(retry_delays(), 8)) == [1, 2, 4, 8, 16, 30, 30, 30]
+
+
+def test_a_refused_password_reads_differently_from_a_silent_redis():
+    import redis
+
+    from voucherify_ingest.redis_conn import credentials_refused, describe_redis_failure
+
+    url = "redis://:hunter2@redis.internal:6379/0"
+    wrong = redis.AuthenticationError("invalid username-password pair or user is disabled.")
+    down = redis.ConnectionError("Error 111 connecting to redis.internal:6379.")
+    assert credentials_refused(wrong) and not credentials_refused(down)
+    said = describe_redis_failure(url, wrong)
+    assert said.startswith("Redis at redis://:***@redis.internal:6379/0 refused the credentials")
+    assert describe_redis_failure(url, down) == (
+        "Redis at redis://:***@redis.internal:6379/0 did not answer "
+        "(ConnectionError: Error 111 connecting to redis.internal:6379.)")
+    assert "hunter2" not in said + describe_redis_failure(url, down)

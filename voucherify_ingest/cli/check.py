@@ -25,7 +25,7 @@ import requests
 from voucherify_ingest.cli.common import EXIT_FAILURE, EXIT_OK, load_settings
 from voucherify_ingest.errors import ConfigError
 from voucherify_ingest.flow import ALIVE_WITHIN_S
-from voucherify_ingest.redis_conn import make_redis
+from voucherify_ingest.redis_conn import describe_redis_failure, make_redis
 from voucherify_ingest.settings import ROLES
 from voucherify_ingest.stats import StatsRecorder
 
@@ -121,12 +121,12 @@ def run_checks(
         info = {}  # CONFIG/INFO may be disabled on managed Redis: skip durability hints
     except redis.RedisError as exc:
         client.close()
-        reason = f"Redis at {settings.safe_redis_url} did not answer ({type(exc).__name__})"
+        reason = describe_redis_failure(settings.redis_url, exc)
         return False, reason, []
     try:
         node = local_worker_alive(client, settings) if worker else None
     except redis.RedisError as exc:
-        reason = f"Redis at {settings.safe_redis_url} did not answer ({type(exc).__name__})"
+        reason = describe_redis_failure(settings.redis_url, exc)
         return False, reason, []
     finally:
         client.close()

@@ -4,6 +4,10 @@ Celery alone would retry behind its banner (``Trying again in 30.00 seconds... (
 saying neither which Redis nor why in a form a log search finds. A daemon must keep trying
 (Redis may come up after the worker, e.g. in a compose file), so this waits as long as it takes,
 logging ``redis_unreachable`` with the URL (password masked), the attempt and the next delay.
+
+A Redis that answers but refuses the credentials is not late: retrying cannot help until
+``REDIS_URL`` changes, so the worker logs ``redis_credentials_refused`` and exits 1 at once
+(a supervisor's restart then repeats the same clear line, not an endless wait).
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from collections.abc import Callable
 
 import redis
 
-from voucherify_ingest.redis_conn import make_redis
+from voucherify_ingest.errors import ConfigError
+from voucherify_ingest.redis_conn import credentials_refused, describe_redis_failure, make_redis
 from voucherify_ingest.settings import Settings
 
 FIRST_DELAY_S = 1.0
@@ -34,7 +39,9 @@ def wait_for_redis(
     settings: Settings, log, *, sleep: Callable[[float], None] = time.sleep,
     delays=None,
 ) -> int:
-    """Return once Redis answers PING; the number of failed attempts before that."""
+    """Return once Redis answers PING; the number of failed attempts before that.
+
+    Raises :class:`ConfigError` when Redis refuses the credentials."""
     delays = delays if delays is not None else retry_delays()
     attempt = 0
     while True:
@@ -42,6 +49,11 @@ def wait_for_redis(
         try:
             client.ping()
         except redis.RedisError as exc:
+            if credentials_refused(exc):
+                reason = describe_redis_failure(settings.redis_url, exc)
+                log.error("redis_credentials_refused", redis=settings.safe_redis_url,
+                          error=type(exc).__name__, detail=reason)
+                raise ConfigError(reason) from None
             attempt += 1
             delay = next(delays)
             log.error(

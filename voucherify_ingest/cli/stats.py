@@ -12,7 +12,7 @@ import redis
 
 from voucherify_ingest.cli.common import EXIT_FAILURE, EXIT_OK, load_settings
 from voucherify_ingest.flow import ALIVE_WITHIN_S, RATE_WINDOW_MIN, FlowReader, FlowSnapshot
-from voucherify_ingest.redis_conn import make_redis
+from voucherify_ingest.redis_conn import describe_redis_failure, make_redis
 from voucherify_ingest.stats import LATENCY_BUCKETS_MS
 
 
@@ -165,8 +165,7 @@ def stats_command(as_json, watch, interval_s, count):
             try:
                 snap = reader.snapshot()
             except redis.RedisError as exc:
-                click.echo(f"error: Redis at {settings.safe_redis_url} did not answer "
-                           f"({type(exc).__name__})", err=True)
+                click.echo(f"error: {describe_redis_failure(settings.redis_url, exc)}", err=True)
                 if not watch:
                     sys.exit(EXIT_FAILURE)
             else:

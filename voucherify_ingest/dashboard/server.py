@@ -26,6 +26,7 @@ from voucherify_ingest.dashboard.letters import BadFilter, Letters, Query
 from voucherify_ingest.dashboard.overview import OverviewReader
 from voucherify_ingest.deadletters import DeadLetterQueue
 from voucherify_ingest.keys import Keys
+from voucherify_ingest.redis_conn import describe_redis_failure
 from voucherify_ingest.settings import Settings
 
 MAX_BODY_BYTES = 1 << 20
@@ -140,8 +141,8 @@ class Handler(BaseHTTPRequestHandler):
             self._json({"error": str(exc)}, 400)
         except redis.RedisError as exc:
             self.app.log.error("dashboard_redis_error", error=type(exc).__name__)
-            text = (f"Redis at {self.app.settings.safe_redis_url} did not answer "
-                    f"({type(exc).__name__}); the page will work again when it does.")
+            failure = describe_redis_failure(self.app.settings.redis_url, exc)
+            text = f"{failure}; the page will work again when it does."
             self._page("Redis unavailable", pages.message_page("Redis unavailable", text), "", 503)
 
     def do_GET(self):  # noqa: N802 - http.server's name
