@@ -4,6 +4,8 @@ For each envelope: check it, claim it in the ledger (a duplicate is skipped), ta
 the shared rate limiter, POST it, and record the outcome in one pipelined round trip:
 delivered (ledger + counters), retry later (delayed set, full-jitter backoff), deferred (rate
 limit wait too long: delayed set, no attempt used) or dead-lettered (reason + what the API said).
+A failed send's outcome is decided in ``worker/failures.py``; an in-doubt one's in
+``worker/indoubt.py``.
 
 If the outcome cannot be written to Redis, :class:`OutcomeNotStored` is raised and the task
 must not ack the message: it comes back, and the ledger stops a second POST of what got through.
@@ -30,37 +32,25 @@ import structlog
 
 from voucherify_ingest.deadletters import DeadLetterStore, make_entry
 from voucherify_ingest.errors import (
-    AuthRejected,
     DeliveryError,
     InvalidEvent,
-    QuotaExhausted,
-    RateLimited,
 )
 from voucherify_ingest.events import validate_event
-from voucherify_ingest.indoubt import RESEND, RESENT, Policies, SendRecord
+from voucherify_ingest.indoubt import RESEND, Policies, SendRecord
 from voucherify_ingest.keys import Keys
 from voucherify_ingest.lanes import BULK, LIVE, lane_of
-from voucherify_ingest.logs import mask_secrets
 from voucherify_ingest.messages import EVENT_ID_RE, batch_message, event_message
 from voucherify_ingest.settings import Settings
 from voucherify_ingest.stats import StatsRecorder
-from worker.authpause import AuthPause, AuthState
-from worker.backoff import backoff_delay
+from worker.authpause import AuthPause
 from worker.client import VoucherifyClient
 from worker.delayed import DelayedQueue
+from worker.failures import Failures
 from worker.indoubt import Settler
 from worker.ledger import ALREADY_DELIVERED, BUSY, CLAIMED, DROP, IN_DOUBT, KEEP, DeliveryLedger
 from worker.outcome import Outcome
-from worker.pacing import comeback_delay, pause_after_429
 
 BUSY_RETRY_S = 2.0
-CYCLE_RECHECK_S = 10.0  # an event waiting out a spent cycle looks again this often
-
-
-def _masked(error: dict[str, Any]) -> dict[str, Any]:
-    """What the API said, with our own secrets masked should an answer ever echo one (a
-    debugging proxy's error page listing request headers): dead letters are shown by the CLI."""
-    return {k: mask_secrets(v) if isinstance(v, str) else v for k, v in error.items()}
 
 
 class OutcomeNotStored(Exception):
@@ -140,6 +130,7 @@ class Deliverer:
         self.claim_fresh_s = max(0.0, self.ledger.inflight_ttl_ms / 1000 - attempt_s - 1)
         self.policies = Policies.from_settings(settings)
         self.settler = Settler(self)
+        self.failures = Failures(self)
 
     @property
     def owner(self) -> str:
@@ -260,13 +251,7 @@ class Deliverer:
         auth = self._redis_call(self.auth_pause.check)
         if auth.hold:  # the API refuses our credentials: park, no POST, no retry used
             park_s = self.auth_pause.park_s()
-            self._store(
-                lambda pipe: (
-                    self.ledger.release(pipe, event_id, self.owner, DROP),
-                    self._defer(pipe, envelope, park_s),
-                    self.stats.record(pipe, {"deferred": 1, "auth_deferred": 1}),
-                )
-            )
+            self._park(envelope, event_id, park_s, {"deferred": 1, "auth_deferred": 1})
             log.info("delivery", outcome="deferred", why="auth_paused",
                      paused_for_s=round(auth.paused_for_s, 1), wait_s=round(park_s, 3))
             return Outcome("deferred", event_id, "auth paused")
@@ -275,13 +260,7 @@ class Deliverer:
         if self.limiter is not None:
             wait_s = self._take_slot(lane)
             if wait_s is not None:
-                self._store(
-                    lambda pipe: (
-                        self.ledger.release(pipe, event_id, self.owner, DROP),
-                        self._defer(pipe, envelope, wait_s),
-                        self.stats.record(pipe, {"deferred": 1}),
-                    )
-                )
+                self._park(envelope, event_id, wait_s, {"deferred": 1})
                 log.info("delivery", outcome="deferred", why="rate_limit", wait_s=round(wait_s, 3))
                 return Outcome("deferred", event_id, "rate limit")
 
@@ -297,9 +276,9 @@ class Deliverer:
                 log.warning("delivery", outcome="in_doubt", error=str(exc), policy=policy)
                 return self.settler.settle(log, envelope, event_id, payload, attempt + 1, note,
                                            policy, fresh=True)
-            return self._failed(log, envelope, event_id, payload, attempt + 1, exc)
+            return self.failures.handle(log, envelope, event_id, payload, attempt + 1, exc)
         if auth.paused_for_s is not None:
-            self._end_auth_pause(auth)
+            self.failures.end_auth_pause(auth)
 
         # The window where a death records the event twice: from the API's answer to the
         # ledger write. Nothing else comes first (the limiter's feedback waits), and it is
@@ -359,149 +338,6 @@ class Deliverer:
         except redis.RedisError:
             return False
 
-    def _failed(
-        self, log, envelope: dict, event_id: str, payload: dict, attempt: int, exc: DeliveryError
-    ) -> Outcome:
-        latency = round(exc.latency_ms, 1) if exc.latency_ms is not None else None
-        counts = {"attempts": 1}
-        if exc.status == 429:
-            counts["http_429"] = 1
-        if exc.in_doubt:  # policy resend: sent again as before, and counted
-            counts[RESENT] = 1
-        if isinstance(exc, QuotaExhausted):
-            return self._cycle_spent(log, envelope, event_id, exc, counts)
-        if isinstance(exc, RateLimited):
-            return self._paced(log, envelope, event_id, exc, counts, latency)
-        if isinstance(exc, AuthRejected):
-            counts["auth_refused"] = 1
-            held = self._auth_refused(log, envelope, event_id, exc, counts)
-            if held is not None:
-                return held
-        if exc.retryable and attempt <= self.settings.max_retries:
-            delay = backoff_delay(
-                attempt,
-                base_s=self.settings.backoff_base_s,
-                cap_s=self.settings.backoff_max_s,
-                retry_after_s=exc.retry_after_s,
-            )
-            retry_envelope = {**envelope, "attempt": attempt}
-            self._store(
-                lambda pipe: (
-                    self.ledger.release(pipe, event_id, self.owner, DROP),
-                    self._defer(pipe, retry_envelope, delay),
-                    self.stats.record(pipe, {**counts, "retried": 1}),
-                )
-            )
-            log.warning(
-                "delivery", outcome="retry", status=exc.status, latency_ms=latency,
-                error=str(exc), retry_in_s=round(delay, 3),
-            )
-            return Outcome("retry", event_id, str(exc))
-
-        reason = exc.reason  # retries_exhausted | rejected | auth (a spent cycle pauses instead)
-        entry = make_entry(
-            event_id=event_id, payload=payload, reason=reason, error=_masked(exc.as_dict()),
-            attempts=attempt, enqueued_at=envelope.get("enqueued_at"),
-        )
-        self._store(
-            lambda pipe: (
-                self.ledger.release(pipe, event_id, self.owner, DROP),
-                self.stats.record(pipe, {**counts, f"dead_lettered:{reason}": 1}),
-            ),
-            dead_letter=entry,
-        )
-        level = log.error if reason == "auth" else log.warning
-        level(
-            "delivery", outcome="dead_lettered", reason=reason, status=exc.status,
-            latency_ms=latency, error=str(exc), request_id=exc.request_id,
-        )
-        return Outcome("dead_lettered", event_id, reason)
-
-    def _paced(self, log, envelope: dict, event_id: str, exc: RateLimited, counts: dict,
-               latency) -> Outcome:
-        """A 429 is pacing (worker/pacing.py): every worker holds back, and the event comes
-        back after the pause with its retries untouched (``attempt`` is not advanced)."""
-        pause_s = pause_after_429(exc.retry_after_s, exc.headers, self.settings.retry_after_max_s)
-        if self.limiter is not None:
-            left_s = self._redis_call(self.limiter.on_rate_limited, pause_s, None)
-            pause_s = min(max(pause_s, left_s or 0.0), self.settings.retry_after_max_s)
-        delay = comeback_delay(pause_s)
-        self._store(
-            lambda pipe: (
-                self.ledger.release(pipe, event_id, self.owner, DROP),
-                self._defer(pipe, envelope, delay),
-                self.stats.record(pipe, {**counts, "deferred": 1}),
-            )
-        )
-        log.warning(
-            "delivery", outcome="deferred", why="rate_limited", status=exc.status,
-            latency_ms=latency, retry_in_s=round(delay, 3),
-        )
-        return Outcome("deferred", event_id, "rate limited")
-
-    def _auth_refused(self, log, envelope: dict, event_id: str, exc: AuthRejected,
-                      counts: dict) -> Outcome | None:
-        """A 401/403 pauses the fleet (worker/authpause.py): park the event, no retry used.
-        None once the pause has outlasted VOUCHERIFY_AUTH_DEAD_LETTER_AFTER_S: dead-letter."""
-        paused_s, began = self._redis_call(self.auth_pause.begin)
-        if began:
-            log.error(
-                "auth_paused", status=exc.status, request_id=exc.request_id,
-                probe_every_s=self.settings.auth_probe_interval_s,
-                dead_letter_after_s=self.settings.auth_dead_letter_after_s,
-                message="Voucherify refuses VOUCHERIFY_APP_ID / VOUCHERIFY_APP_TOKEN (HTTP "
-                f"{exc.status}); every worker holds its events and probes the API until the "
-                "credentials work again. Fix the credentials; nothing is dead-lettered for "
-                "VOUCHERIFY_AUTH_DEAD_LETTER_AFTER_S.",
-            )
-        if paused_s >= self.settings.auth_dead_letter_after_s:
-            return None
-        park_s = self.auth_pause.park_s()
-        self._store(
-            lambda pipe: (
-                self.ledger.release(pipe, event_id, self.owner, DROP),
-                self._defer(pipe, envelope, park_s),
-                self.stats.record(pipe, {**counts, "deferred": 1}),
-            )
-        )
-        log.warning("delivery", outcome="deferred", why="auth_refused", status=exc.status,
-                    paused_for_s=round(paused_s, 1), retry_in_s=round(park_s, 3))
-        return Outcome("deferred", event_id, "auth refused")
-
-    def _end_auth_pause(self, auth: AuthState) -> None:
-        try:
-            ended = self.auth_pause.end()
-        except redis.RedisError as exc:  # the next success ends it
-            self.log.warning("auth_pause_not_ended", error=type(exc).__name__)
-            return
-        if ended:
-            self.log.warning("auth_pause_ended", paused_for_s=round(auth.paused_for_s or 0, 1),
-                             message="the API accepts the credentials again; delivery resumes")
-
-    def _cycle_spent(self, log, envelope: dict, event_id: str, exc: DeliveryError,
-                     counts: dict) -> Outcome:
-        """402, or 429 ``api_calls_cycle``: the billing cycle's calls are spent. Every worker
-        pauses until the cycle resets (the limiter's shared block) and the event waits, its
-        attempt not counted: nothing is dead-lettered for a quota (docs/lanes-and-rate-limit)."""
-        if self.limiter is not None and hasattr(self.limiter, "on_cycle_spent"):
-            until_s = self._redis_call(self.limiter.on_cycle_spent)
-            wait_s = min(until_s, CYCLE_RECHECK_S)
-        else:  # no shared limiter to hold the pause: this event waits the longest backoff
-            until_s = wait_s = self.settings.backoff_max_s
-        self._store(
-            lambda pipe: (
-                self.ledger.release(pipe, event_id, self.owner, DROP),
-                self._defer(pipe, envelope, wait_s),
-                self.stats.record(pipe, {**counts, "cycle_spent": 1}),
-            )
-        )
-        log.error("delivery", outcome="deferred", why="cycle_spent", status=exc.status,
-                  request_id=exc.request_id, paused_s=round(until_s, 1),
-                  message="Voucherify says this billing cycle's API calls are spent; every "
-                  "worker waits until the cycle resets (VOUCHERIFY_CYCLE_RESET_DAY); "
-                  "nothing is dead-lettered")
-        return Outcome("deferred", event_id, "cycle spent")
-
     def _dead_letter_invalid(
         self, raw: Any, messages: dict, *, event_id: str | None = None
     ) -> Outcome:
@@ -558,6 +394,16 @@ class Deliverer:
             self.log.warning("batch_counters_not_stored", error=str(exc), **counts)
 
     # -- Redis plumbing -----------------------------------------------------------------------
+
+    def _park(self, envelope: dict, event_id: str, delay_s: float, counts: dict) -> None:
+        """Let the claim go and bring the event back in ``delay_s``, counted: one transaction."""
+        self._store(
+            lambda pipe: (
+                self.ledger.release(pipe, event_id, self.owner, DROP),
+                self._defer(pipe, envelope, delay_s),
+                self.stats.record(pipe, counts),
+            )
+        )
 
     def _defer(self, pipe, envelope: dict, delay_s: float) -> None:
         """Queue the SCHEDULE script on ``pipe``: the message waits in the delayed set."""
