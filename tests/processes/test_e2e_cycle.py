@@ -115,3 +115,33 @@ def test_cycle_counting_survives_sigkill_and_a_redis_restart(
     assert len(delivered) <= 200, f"{len(delivered)} bulk events sent, allowance 200"
     assert len(delivered) >= 190  # slots granted to the killed worker are counted, not sent
     assert max(delivered.values()) == 1
+
+
+def test_a_backfill_that_cannot_fit_says_so_before_it_loads(pipeline_env, redis_client,
+                                                             pipeline_settings, tmp_path):
+    """Issue 19, "know before you spend": ``--dry-run`` prints the plan and queues nothing; a
+    real run prints it on standard error before the first event is queued (the file is
+    counted first), then the exact cost on standard output."""
+    path = tmp_path / "backfill.ndjson"
+    path.write_text("".join(json.dumps(_event(i)) + "\n" for i in range(300)))
+    env = {**os.environ, **pipeline_env, **CYCLE}
+    cli = [sys.executable, "-m", "voucherify_ingest.cli", "enqueue", "--file", str(path)]
+    queue = Keys.from_settings(pipeline_settings).lane_queue(BULK)
+
+    dry = subprocess.run([*cli, "--dry-run"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    assert "bulk lane has 200 of 200 calls left" in dry.stdout
+    assert "does NOT fit: 100 events would wait for later cycles" in dry.stdout
+    assert redis_client.llen(queue) == 0
+
+    real = subprocess.run(cli, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=60)
+    assert real.returncode == 0, real.stdout
+    said = real.stdout
+    up_front = said.index(f"cycle: before loading: {path} holds 300 records")
+    warned = said.index("does NOT fit: 100 events would wait for later cycles")
+    loaded = said.index("read 300, enqueued 300")
+    assert up_front < warned < loaded, said
+    assert said.count("does NOT fit") == 2  # before, and after with the exact count
+    assert redis_client.llen(queue) > 0

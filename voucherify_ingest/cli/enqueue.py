@@ -143,6 +143,28 @@ def _cycle_plan(settings, events: int) -> list[str]:
     return plan_lines(events, quota, used, per_s, time.time())
 
 
+def _plan_up_front(settings, path: str, fmt: str) -> None:
+    """Before a real load spends anything: what the file will cost against this cycle's bulk
+    allowance, so a file that cannot finish within it says so before the first event is queued.
+    Counting is one extra read of the file (records as the loader reads them, before
+    validation); standard input cannot be read twice, so it is planned only after loading."""
+    from producers.bulk import BulkInputError, open_input, read_records
+
+    try:
+        source = open_input(path)
+    except BulkInputError:
+        return  # the load says what is wrong with the file
+    try:
+        records = sum(1 for _ in read_records(source, fmt))
+    except BulkInputError:
+        return
+    finally:
+        source.close()
+    click.echo(f"cycle: before loading: {path} holds {records:,} records", err=True)
+    for line in _cycle_plan(settings, records):
+        click.echo(line, err=True)
+
+
 def _backfill(settings, path, fmt, id_field, dry_run, max_queue, batch_size, rejects_path,
               check_ledger, progress_every, lane) -> int:
     from producers import Producer
@@ -162,6 +184,8 @@ def _backfill(settings, path, fmt, id_field, dry_run, max_queue, batch_size, rej
     except BulkInputError as exc:
         click.echo(f"error: {exc}", err=True)
         return EXIT_FAILURE
+    if settings.cycle_quota and not dry_run and path != "-":
+        _plan_up_front(settings, path, fmt)
     # A backfill never spools: when Redis is down it stops with a clear error instead.
     producer = Producer(settings.replace(spool_dir=""))
     rejects = Rejects(rejects_path, echo=sys.stderr)
