@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from voucherify_ingest.errors import ConfigError
-from voucherify_ingest.rates import parse_share
+from voucherify_ingest.rates import parse_rate_limit, parse_share
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,11 @@ def check_settings(settings) -> None:
     if settings.cycle_quota and (bulk or reserve) and settings.cycle_quota * (1 - reserve) < 1:
         raise ConfigError("VOUCHERIFY_CYCLE_RESERVE leaves the workers no call of "
                           "VOUCHERIFY_CYCLE_QUOTA")
+    if settings.cycle_quota and parse_rate_limit(settings.rate_limit) is None:
+        # The count is kept by the limiter's script: without it nothing would be counted, and
+        # a backfill could spend the cycle the quota was set to protect.
+        raise ConfigError("VOUCHERIFY_CYCLE_QUOTA needs the shared rate limiter, which counts "
+                          "the calls: set VOUCHERIFY_RATE_LIMIT (e.g. 100/min), not off")
 
 
 def cycle_key(limiter_key: str, cycle: Cycle) -> str:

@@ -58,4 +58,6 @@ def test_cycle_settings_are_checked():
     settings = Settings.from_env({"VOUCHERIFY_CYCLE_QUOTA": "100000",
                                   "VOUCHERIFY_CYCLE_RESERVE": "20%"})
     assert CycleQuota.from_settings(settings).live_cap == 80_000
+    with pytest.raises(ConfigError, match="VOUCHERIFY_CYCLE_QUOTA needs the shared rate limiter"):
+        Settings.from_env({"VOUCHERIFY_CYCLE_QUOTA": "100000", "VOUCHERIFY_RATE_LIMIT": "off"})
     assert CycleQuota.from_settings(Settings()) is None
