@@ -254,6 +254,14 @@ class VoucherifyClient:
         session.mount("http://", adapter)
         return session
 
+    def ready_token(self) -> None:
+        """OAuth: have a token in hand before the event is claimed. A fetch (or the wait for
+        another worker's) can take seconds, and the ledger claim's clock must not run meanwhile:
+        a claim that lapses mid-attempt lets another worker send the same event. Raises what
+        ``send_event`` would (nothing is sent); a no-op with the App ID/Token pair."""
+        if self.tokens is not None:
+            self.tokens.token()
+
     def send_event(self, payload: dict[str, Any], event_id: str | None = None) -> Delivered:
         """Deliver one event; return ``Delivered`` or raise a ``DeliveryError`` subclass.
 

@@ -174,6 +174,7 @@ class Deliverer:
                 ids = [p[1] for p in pending]
                 claims = self._redis_call(self.ledger.claim_many, ids, self.owner)
             for index, (envelope, event_id, payload, attempt) in enumerate(pending):
+                self._ready_token()
                 now = time.monotonic()
                 if index and (now - started > self.batch_budget_s or self._live_waiting(
                         pending[index][0])):
@@ -222,6 +223,10 @@ class Deliverer:
         record: SendRecord | None = None
         written = False
         if claim is None:
+            try:
+                self.http.ready_token()  # OAuth: before the claim, whose clock is the attempt's
+            except DeliveryError as exc:  # nothing claimed, nothing sent
+                return self.failures.handle(log, envelope, event_id, payload, attempt + 1, exc)
             # Without a limiter the request goes out right after the claim: one round trip
             # claims and writes the send record.
             sending = SendRecord(self.owner, time.time()) if track and not self.limiter else None
@@ -311,6 +316,15 @@ class Deliverer:
             answer_to_ledger_ms=round(window_ms, 2),
         )
         return Outcome("delivered", event_id)
+
+    def _ready_token(self) -> None:
+        """A batch's events are claimed together: get an OAuth token before the claim's age is
+        checked (and refreshed), so a slow token call does not eat into it. A failure here is
+        met again, and handled, when the event is sent."""
+        try:
+            self.http.ready_token()
+        except DeliveryError:
+            pass
 
     def _take_slot(self, lane: str = LIVE) -> float | None:
         """Wait for a rate-limit slot: None when it is ours, else seconds to park the event."""

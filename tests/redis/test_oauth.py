@@ -11,6 +11,7 @@ import threading
 import pytest
 
 from tests.support.pipeline import APP_ID, APP_TOKEN
+from tests.support.waiting import wait_for
 from voucherify_ingest.keys import Keys
 from voucherify_ingest.rates import limiter_key
 from voucherify_ingest.settings import Settings
@@ -153,3 +154,65 @@ def test_an_api_rejecting_every_token_does_not_burn_the_token_cap(
     finally:
         client.close()
     assert api.tokens.issued == 2, "each rejected event fetched a token of its own"
+
+
+class _SlowFirstToken:
+    """A TokenSource whose first ``token()`` takes ``delay_s`` (a slow token call, or a wait for
+    another worker's fetch), then behaves as the real one."""
+
+    def __init__(self, source: TokenSource, delay_s: float):
+        self.source, self.delay_s = source, delay_s
+        self.started = threading.Event()
+
+    def token(self) -> str:
+        if not self.started.is_set():
+            self.started.set()
+            threading.Event().wait(self.delay_s)  # the slow call itself, not a settle wait
+        return self.source.token()
+
+    def refresh_after_rejection(self, rejected: str) -> str:
+        return self.source.refresh_after_rejection(rejected)
+
+    def close(self) -> None:
+        self.source.close()
+
+
+def test_a_slow_token_call_does_not_let_a_second_worker_send_the_same_event(
+    redis_url, redis_client, namespace, api
+):
+    """The token comes before the ledger claim: a claim taken first would lapse during a slow
+    token call (here its lifetime is cut to 0.3 s, standing in for one attempt's bound), and a
+    second worker handed the same message would claim it while the first still meant to send
+    it. Before the fix the second found the first's send record behind the lapsed claim and
+    dead-lettered the event as in doubt while the first delivered it: delivered and
+    dead-lettered both (with the rate limiter on, the record is written only just before the
+    POST, and the second would have sent it too)."""
+    from voucherify_ingest.messages import make_envelope
+    from worker.delivery import Deliverer
+
+    settings = _settings(redis_url, namespace, api.url)
+    slow = _SlowFirstToken(TokenSource(settings, redis_client), delay_s=0.9)
+    first = Deliverer(settings, redis_client=redis_client,
+                      http=VoucherifyClient(settings, tokens=slow))
+    second = Deliverer(settings, redis_client=redis_client,
+                       http=VoucherifyClient(settings, tokens=TokenSource(settings, redis_client)))
+    for deliverer in (first, second):
+        deliverer.ledger.inflight_ttl_ms = 300
+    envelope = make_envelope(EVENT, "evt-slow-token")
+    outcomes: dict[str, str] = {}
+    worker = threading.Thread(target=lambda: outcomes.update(first=first.handle(envelope).kind))
+    try:
+        worker.start()
+        assert slow.started.wait(5)
+        # the same message handed to a second worker once no live claim stops it (before the
+        # fix: when the first's claim lapsed mid-token-call; now: at once, nothing is claimed)
+        inflight = f"{namespace}:inflight:evt-slow-token"
+        wait_for(lambda: not redis_client.exists(inflight), timeout=5, what="no live claim")
+        assert slow.started.is_set() and worker.is_alive(), "the first worker already ended"
+        outcomes["second"] = second.handle(envelope).kind
+        worker.join(10)
+    finally:
+        first.http.close()
+        second.http.close()
+    assert api.delivered_ids() == {"evt-slow-token": 1}, outcomes
+    assert sorted(outcomes.values()) == ["delivered", "duplicate"], outcomes
