@@ -19,9 +19,10 @@ the Redis server (``TIME``), never from worker clocks, and the state is one numb
   ``X-Rate-Limit-Retry``; an ``X-Rate-Limit-Limit`` below the configured limit lowers the
   pace, and a later, higher one raises it again (never above the configured limit).
 
-- Lanes: a live caller takes the next free slot; a bulk caller only one within about one
-  interval, so live events overtake every bulk event not yet sent, and bulk fills every slot
-  live leaves (``VOUCHERIFY_LANE_BULK_MIN_SHARE`` gives bulk a floor).
+- Lanes: a live caller takes the next free slot, or an earlier one a bulk caller holds and
+  has not used yet; a bulk caller takes only a slot within about one interval, so live events
+  overtake every bulk event not yet sent, and bulk fills every slot live leaves
+  (``VOUCHERIFY_LANE_BULK_MIN_SHARE`` gives bulk a floor).
 - ``VOUCHERIFY_RATE_RESERVE``: the pace is the limit less the reserve, and ``keep_reserve``
   pauses everyone when ``X-Rate-Limit-Remaining`` says other clients spent into it.
 - ``VOUCHERIFY_CYCLE_QUOTA``: each slot is counted against the billing cycle in the same script
@@ -35,6 +36,7 @@ burst ``100/min,burst=10`` (or ``100/min:10``); ``off``, ``0`` or empty disables
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -55,7 +57,7 @@ from voucherify_ingest.rates import (  # noqa: F401 - re-exported for the limite
     reserve_fraction,
 )
 from worker.pacing import pause_after_429
-from worker.ratelimit_scripts import ACQUIRE_LUA, COOL_DOWN_LUA, PAUSED_FOR_LUA
+from worker.ratelimit_scripts import ACQUIRE_LUA, CONFIRM_LUA, COOL_DOWN_LUA, PAUSED_FOR_LUA
 
 DEFAULT_COOLDOWN_S = 5.0  # a 429 that names no time: pause this long
 MAX_COOLDOWN_S = 3600.0  # never trust a header to pause us longer than the Sandbox hour
@@ -88,6 +90,7 @@ class RateLimiter:
         {p}:rl:{h}:credit     string  bulk's minimum-share credit (only with a share)
         {p}:rl:{h}:starved    string  since when bulk callers have been refused
         {p}:rl:{h}:reserve    string  reserve pause (VOUCHERIFY_RATE_RESERVE) until
+        {p}:rl:{h}:bulkheld   zset    bulk slots granted, not yet used (a live caller may take one)
         {p}:rl:{h}:cycle:{s}  hash    calls counted in the cycle starting at s (total/live/bulk)
         {p}:rl:{h}:cycle_blocked  string  the API said the cycle is spent: nothing until
 
@@ -111,6 +114,7 @@ class RateLimiter:
         self.credit_key = f"{key}:credit"
         self.starved_key = f"{key}:starved"
         self.reserve_key = f"{key}:reserve"
+        self.bulkheld_key = f"{key}:bulkheld"
         self.reserve_spec = reserve  # VOUCHERIFY_RATE_RESERVE: "20%", "20/min" or ""
         # Bulk's credit per live slot while bulk waits: share s of the slots is s/(1-s) per live.
         self.bulk_credit = bulk_min_share / (1 - bulk_min_share) if bulk_min_share else 0.0
@@ -124,6 +128,7 @@ class RateLimiter:
         self._acquire = client.register_script(ACQUIRE_LUA)
         self._cool_down = client.register_script(COOL_DOWN_LUA)
         self._paused_for = client.register_script(PAUSED_FOR_LUA)
+        self._confirm = client.register_script(CONFIRM_LUA)
         self._lock = threading.Lock()
         self.log = structlog.get_logger("voucherify_ingest.ratelimit")
 
@@ -153,8 +158,10 @@ class RateLimiter:
         """The fleet's own pace: the limit less the reserve."""
         return self.limit.interval_s / (1.0 - self.reserve_fraction)
 
-    def reserve(self, max_wait_s: float, lane: str = LIVE) -> Grant:
-        """One round trip to the ACQUIRE script (see above it for the arithmetic)."""
+    def reserve(self, max_wait_s: float, lane: str = LIVE, hold: str = "") -> Grant:
+        """One round trip to the ACQUIRE script (``worker/ratelimit_scripts.py``, the
+        arithmetic). ``hold`` (bulk): record a future slot under this token, so that a live
+        caller may take it until :meth:`wait_for_slot` confirms it on waking."""
         limit = self.limit
         interval_us = math.ceil(self.pace_interval_s * 1_000_000)
         tau_us = interval_us * (limit.burst - 1)
@@ -165,9 +172,9 @@ class RateLimiter:
             keys=[self.key, self.cooldown_key, self.parked_key, self.bulkline_key,
                   self.credit_key, self.starved_key, self.reserve_key,
                   cycle_key(self.key, cycle) if cycle else f"{self.key}:cycle:off",
-                  self.blocked_key],
+                  self.blocked_key, self.bulkheld_key],
             args=[interval_us, tau_us, max_wait_us, 1 if lane == BULK else 0, horizon_us,
-                  repr(self.bulk_credit), *caps],
+                  repr(self.bulk_credit), *caps, hold if lane == BULK else ""],
         )
         if lane == BULK:
             self._note_starvation(int(starved_us), int(now_us))
@@ -256,6 +263,13 @@ class RateLimiter:
         slot: a 429 seen by another worker meanwhile means this slot must not be used."""
         return int(self._paused_for(keys=[self.cooldown_key, self.reserve_key])) / 1e6
 
+    def _confirm_hold(self, hold: str) -> tuple[float, bool]:
+        """A bulk caller woke for its slot: (seconds of pause left, whether the slot is still
+        its own) in one round trip; a kept slot is no longer one a live caller may take."""
+        left_us, kept = self._confirm(
+            keys=[self.cooldown_key, self.reserve_key, self.bulkheld_key], args=[hold])
+        return int(left_us) / 1e6, bool(int(kept))
+
     @property
     def late_tolerance_s(self) -> float:
         """How late a sleeper may wake and still use its slot: half the burst's worth of
@@ -277,12 +291,15 @@ class RateLimiter:
 
         A ``bulk`` caller is refused slots further ahead than about one interval; it sleeps
         until its place in the bulk line and asks again, within the same bound, so that a live
-        caller arriving meanwhile is served first. ``give_way`` (bulk): called each time the
+        caller arriving meanwhile is served first. A slot it does get is held under a token
+        until it wakes: a live caller arriving meanwhile takes it, and the bulk caller, finding
+        it gone, asks again. ``give_way`` (bulk): called each time the
         caller is refused; True (a live event waits for a thread) parks the event at once (0 s)
         instead of sleeping on, so the live event gets this thread without waiting for it."""
         budget_s = max_wait_s
         while True:
-            grant = self.reserve(budget_s, lane)
+            hold = os.urandom(8).hex() if lane == BULK else ""
+            grant = self.reserve(budget_s, lane, hold)
             if grant.quota:
                 return self._quota_wait(grant, lane)
             if not grant.granted and lane == BULK and grant.wait_s < budget_s:
@@ -297,7 +314,13 @@ class RateLimiter:
                 return None
             due = time.monotonic() + grant.wait_s
             sleep(grant.wait_s)
-            paused_s = self.paused_for()
+            if hold:
+                paused_s, kept = self._confirm_hold(hold)
+                if not kept:  # a live caller took this slot (and its count): ask again
+                    budget_s = max(0.0, budget_s - grant.wait_s)
+                    continue
+            else:
+                paused_s = self.paused_for()
             if paused_s > 0:
                 self._refund(lane)
                 return paused_s

@@ -25,6 +25,9 @@ from __future__ import annotations
 #   KEYS[9] = {p}:rl:{h}:cycle_blocked  the API said the cycle is spent: nothing until then
 #   ARGV[7] = cycle cap for any lane (quota - reserve), -1 when no cycle accounting
 #   ARGV[8] = cycle cap for the bulk lane   ARGV[9] = the cycle key's time to live, ms
+#   KEYS[10] = {p}:rl:{h}:bulkheld  zset: slots granted to bulk callers, not yet used (score:
+#              the slot's time; member: the caller's hold token)
+#   ARGV[10] = bulk: the caller's hold token ("" = not recorded: it cannot be taken back)
 # Returns {granted (1|0), wait_us, now_us, starved_since_us, quota (0 | 1 cap spent | 2 API
 # said the cycle is spent: wait_us is how long)}. granted: the slot is now + wait_us
 # and is taken. Not granted: nothing taken; wait_us is how far away the caller's place in line
@@ -33,7 +36,11 @@ from __future__ import annotations
 # follow at pace T (no burst). Live takes any slot within max wait; bulk only one within the
 # horizon (about one interval), so a live caller arriving now finds the next slot or the one
 # after it free, ahead of every bulk event not yet sent, and bulk still fills every slot no live
-# caller wants. Numbers stay below 2^53 (exact in Lua's doubles); '%.0f' writes them whole.
+# caller wants. A bulk slot granted with a hold token is recorded until its caller wakes for
+# it (CONFIRM); a live caller takes the nearest such slot ahead of its own instead of its own
+# (TAT unchanged: that slot stays free, and the bulk caller, finding its hold gone, asks again),
+# so a live event waits behind no bulk event not yet sent: at most one interval.
+# Numbers stay below 2^53 (exact in Lua's doubles); '%.0f' writes them whole.
 ACQUIRE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -72,14 +79,39 @@ if bulk then
     if credit >= 1 then reach = max_wait end
   end
 end
+local taken = nil
+if not bulk and slot > now then
+  local from = now
+  if cool > from then from = cool end
+  local nearest = redis.call('ZRANGEBYSCORE', KEYS[10], string.format('%.0f', from),
+    '(' .. string.format('%.0f', slot), 'WITHSCORES', 'LIMIT', 0, 1)
+  if nearest[1] then
+    taken = nearest[1]
+    slot = tonumber(nearest[2])
+    wait = slot - now
+  end
+end
 if wait <= reach then
-  local new_tat = tat + interval
-  local ttl_ms = math.ceil((new_tat - now) / 1000) + 1000
-  redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl_ms)
-  if cap >= 0 then
-    redis.call('HINCRBY', KEYS[8], 'total', 1)
-    redis.call('HINCRBY', KEYS[8], lane, 1)
-    redis.call('PEXPIRE', KEYS[8], tonumber(ARGV[9]))
+  if taken then
+    redis.call('ZREM', KEYS[10], taken)
+    if cap >= 0 then
+      redis.call('HINCRBY', KEYS[8], 'bulk', -1)
+      redis.call('HINCRBY', KEYS[8], 'live', 1)
+    end
+  else
+    local new_tat = tat + interval
+    local ttl_ms = math.ceil((new_tat - now) / 1000) + 1000
+    redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl_ms)
+    if cap >= 0 then
+      redis.call('HINCRBY', KEYS[8], 'total', 1)
+      redis.call('HINCRBY', KEYS[8], lane, 1)
+      redis.call('PEXPIRE', KEYS[8], tonumber(ARGV[9]))
+    end
+    if bulk and ARGV[10] ~= '' and wait > 0 then
+      redis.call('ZADD', KEYS[10], string.format('%.0f', slot), ARGV[10])
+      redis.call('ZREMRANGEBYSCORE', KEYS[10], '-inf', string.format('%.0f', now - 60000000))
+      redis.call('PEXPIRE', KEYS[10], ttl_ms + 60000)
+    end
   end
   if bulk then
     redis.call('DEL', KEYS[6])
@@ -142,4 +174,19 @@ if KEYS[2] then
 end
 if cur > now then return cur - now end
 return 0
+"""
+
+# CONFIRM: a bulk caller woke for its slot. {microseconds of cool-down or reserve pause left,
+# 1 if its hold was still there (now used: removed) else 0 (a live caller took the slot)}.
+#   KEYS[1] = {p}:rl:{h}:cooldown   KEYS[2] = {p}:rl:{h}:reserve   KEYS[3] = {p}:rl:{h}:bulkheld
+#   ARGV[1] = the hold token
+CONFIRM_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local mine = redis.call('ZREM', KEYS[3], ARGV[1])
+local cur = tonumber(redis.call('GET', KEYS[1]) or 0)
+local held = tonumber(redis.call('GET', KEYS[2]) or 0)
+if held > cur then cur = held end
+if cur > now then return {cur - now, mine} end
+return {0, mine}
 """

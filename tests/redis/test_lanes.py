@@ -5,6 +5,7 @@ producers' lane argument. The end-to-end proof is ``tests/processes/test_e2e_lan
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
@@ -13,6 +14,8 @@ from kombu import Queue as KombuQueue
 from structlog.testing import capture_logs
 
 from producers import Producer
+from tests.support.waiting import wait_for
+from voucherify_ingest.cycle import CycleQuota, usage
 from voucherify_ingest.errors import ConfigError
 from voucherify_ingest.keys import Keys
 from voucherify_ingest.laneflow import human_duration, pace_per_min
@@ -52,6 +55,61 @@ def test_bulk_holds_slots_at_most_one_interval_ahead_and_live_takes_the_next(
     assert live.granted and _slot(live) == pytest.approx(_slot(bulk[0]) + 0.2, abs=0.03)
     more_live = [limiter.reserve(5.0, LIVE) for _ in range(3)]  # live may reach further
     assert all(g.granted for g in more_live)
+
+
+def test_a_live_caller_takes_the_slot_a_bulk_caller_holds_and_has_not_used(
+    redis_client, namespace
+):
+    """Issue 12: a waiting live event gets the next free slot ahead of any bulk event not yet
+    sent, even one already holding a slot. The slot (and its cycle count) changes hands; the
+    bulk caller, waking, finds its hold gone and asks again; no slot is added."""
+    cycle = CycleQuota(quota=1_000, bulk_share=0.5)
+    limiter = _limiter(redis_client, namespace, "10/s,burst=1", cycle=cycle)  # 100 ms apart
+    now_grant = limiter.reserve(5.0, BULK, "hold-now")  # slot now: sent at once, not held
+    held = limiter.reserve(5.0, BULK, "hold-next")  # slot +100 ms: held until it wakes
+    assert now_grant.granted and now_grant.wait_s == 0
+    assert held.granted and held.wait_s == pytest.approx(0.1, abs=0.03)
+    assert redis_client.zrange(limiter.bulkheld_key, 0, -1) == [b"hold-next"]
+
+    live = limiter.reserve(5.0, LIVE)
+    assert live.granted and _slot(live) == pytest.approx(_slot(held), abs=0.002)
+    used = usage(redis_client, limiter.key, cycle, time.time())
+    assert (used["used"], used["used_live"], used["used_bulk"]) == (2, 1, 1)
+
+    paused_s, kept = limiter._confirm_hold("hold-next")
+    assert (paused_s, kept) == (0.0, False)  # taken: the bulk caller must not send
+    # the slot live did not use (+200 ms) is still free: the bulk caller gets it when it comes
+    # within its one-interval reach, that is at the slot it lost
+    again = limiter.reserve(5.0, BULK, "hold-again")
+    assert not again.granted and again.wait_s == pytest.approx(held.wait_s, abs=0.03)
+    assert redis_client.zcard(limiter.bulkheld_key) == 0
+
+
+def test_live_overtakes_a_sleeping_bulk_sender_and_the_pace_holds(redis_client, namespace):
+    """Real threads in ``wait_for_slot``: a bulk sender asleep on its slot loses it to a live
+    caller, sends at the next one instead, and no two sends are closer than the interval."""
+    limiter = _limiter(redis_client, namespace, "5/s,burst=1")  # 200 ms apart
+    sent: list[tuple[str, float]] = []
+
+    def bulk_sender() -> None:
+        for _ in range(3):
+            assert limiter.wait_for_slot(5.0, lane=BULK) is None
+            sent.append(("bulk", time.time()))
+
+    thread = threading.Thread(target=bulk_sender)
+    thread.start()
+    try:
+        wait_for(lambda: len(sent) == 1 and redis_client.zcard(limiter.bulkheld_key), timeout=5,
+                 what="the bulk sender asleep on its second slot")
+        assert limiter.wait_for_slot(5.0, lane=LIVE) is None
+        sent.append(("live", time.time()))
+    finally:
+        thread.join(10)
+    order = [lane for lane, _ in sorted(sent, key=lambda s: s[1])]
+    assert order == ["bulk", "live", "bulk", "bulk"], sent
+    times = sorted(t for _, t in sent)
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert min(gaps) >= 0.2 - 0.03, gaps  # the live send replaced a slot, it added none
 
 
 def test_a_flood_of_live_starves_bulk_strictly_and_it_is_logged(redis_client, namespace,
