@@ -28,6 +28,9 @@ from voucherify_ingest.settings import Settings
 USER_AGENT = f"voucherify-ingest/{__version__} (+python-requests/{requests.__version__})"
 EVENT_ID_HEADER = "X-Ingest-Event-Id"
 BODY_EXCERPT_CHARS = 2000
+# OAuth: a 401 is resent at once with a new token only within this long of the refused POST's
+# start, inside the 5 s by which the ledger claim outlasts one attempt.
+RESEND_AFTER_401_WITHIN_S = 4.0
 RETRYABLE_4XX = {408, 425, 429}
 
 
@@ -219,6 +222,7 @@ class VoucherifyClient:
         self.session = session or self._make_session(settings, pool_size)
         # VOUCHERIFY_AUTH=oauth: a worker.oauth.TokenSource; each POST carries its Bearer token.
         self.tokens = tokens
+        self.resend_after_401_within_s = RESEND_AFTER_401_WITHIN_S
         pair = {"X-App-Id": settings.app_id, "X-App-Token": settings.app_token}
         self._headers = {
             **(pair if tokens is None else {}),
@@ -271,17 +275,28 @@ class VoucherifyClient:
         said so). A failure after the request may have reached the API is marked ``in_doubt``;
         a connect error or refusal is not (nothing was sent).
 
-        With OAuth, a 401 gets one retry with a new token (the old one expired or was revoked).
+        With OAuth, a 401 gets one retry with a new token (the old one expired or was revoked),
+        at once only when the refused POST and the new token took less than
+        ``resend_after_401_within_s``: the event's ledger claim outlasts one attempt by 5 s, and
+        a slower resend could outlast the claim. Otherwise a ``RetryableDelivery`` (nothing was
+        recorded: the API answered 401) sends it again later under a fresh claim.
         """
         if self.tokens is None:
             return self._send(payload, event_id, None)
         token = self.tokens.token()
+        started = time.monotonic()
         try:
             return self._send(payload, event_id, token)
         except AuthRejected as exc:
             if exc.status != 401:
                 raise
-        return self._send(payload, event_id, self.tokens.refresh_after_rejection(token))
+        fresh = self.tokens.refresh_after_rejection(token)
+        took_s = time.monotonic() - started
+        if took_s > self.resend_after_401_within_s:
+            raise RetryableDelivery(
+                f"HTTP 401, and the new OAuth token took {took_s:.1f} s: the event goes again "
+                "later under a fresh ledger claim (the API did not record it)", status=401)
+        return self._send(payload, event_id, fresh)
 
     def _send(self, payload: dict[str, Any], event_id: str | None, token: str | None) -> Delivered:
         request = self._template.copy()

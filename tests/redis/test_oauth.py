@@ -103,6 +103,39 @@ def test_a_401_replaces_the_token_once_for_everyone(redis_url, redis_client, nam
     assert len(after) == 1
 
 
+def test_a_401_whose_new_token_is_slow_is_sent_later_not_at_once(
+    redis_url, redis_client, namespace, api
+):
+    """After a 401 the event is resent at once only while the ledger claim surely holds (the
+    refused POST and the new token within ``resend_after_401_within_s``); a slower token means
+    a retry later under a fresh claim, and no second POST now."""
+    from voucherify_ingest.errors import RetryableDelivery
+
+    settings = _settings(redis_url, namespace, api.url)
+    source = TokenSource(settings, redis_client)
+    client = VoucherifyClient(settings, tokens=source)
+    refresh = source.refresh_after_rejection
+
+    def slow_refresh(rejected: str) -> str:
+        token = refresh(rejected)
+        threading.Event().wait(0.3)  # the slow token call itself
+        return token
+
+    source.refresh_after_rejection = slow_refresh
+    client.resend_after_401_within_s = 0.2
+    try:
+        client.send_event(EVENT, event_id="before")
+        api.tokens.revoke_all()
+        with pytest.raises(RetryableDelivery, match="HTTP 401, and the new OAuth token took"):
+            client.send_event(EVENT, event_id="after")
+        tries = [r.status for r in api.received() if r.event_id == "after"]
+        assert tries == [401], tries  # refused once, not sent a second time within the attempt
+        assert client.send_event(EVENT, event_id="after").status == 200  # the retry, later
+    finally:
+        client.close()
+    # (a quick replacement is resent at once: test_a_401_replaces_the_token_once_for_everyone)
+
+
 def test_token_refreshed_ahead_of_expiry(redis_url, redis_client, namespace, api):
     api.tokens.set_lifetime(10)
     settings = _settings(redis_url, namespace, api.url, VOUCHERIFY_OAUTH_REFRESH_AHEAD_S="3")
