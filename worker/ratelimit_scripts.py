@@ -35,10 +35,11 @@ from __future__ import annotations
 # A cool-down pins TAT to cooldown + tau: the first slot after it is at its end and the rest
 # follow at pace T (no burst). Live takes any slot within max wait; bulk only one within the
 # horizon (about one interval), so bulk holds at most about one interval of future slots, and
-# bulk still fills every slot no live caller wants. A bulk slot granted with a hold token is recorded until its caller wakes for
-# it (CONFIRM); a live caller takes the nearest such slot ahead of its own instead of its own
-# (TAT unchanged: that slot stays free, and the bulk caller, finding its hold gone, asks again),
-# so a live event waits behind no bulk event not yet sent: at most one interval.
+# bulk still fills every slot no live caller wants. A bulk slot granted with a hold token is
+# recorded until its caller wakes for it (CONFIRM); a live caller takes the nearest such
+# slot ahead of its own instead of its own (TAT unchanged: that slot stays free, and the bulk
+# caller, finding its hold gone, asks again), so a live event waits behind no bulk event not
+# yet sent: at most one interval for its slot.
 # Numbers stay below 2^53 (exact in Lua's doubles); '%.0f' writes them whole.
 ACQUIRE_LUA = """
 local t = redis.call('TIME')
