@@ -48,6 +48,7 @@ from worker.delayed import DelayedQueue
 from worker.failures import Failures
 from worker.indoubt import Settler
 from worker.ledger import ALREADY_DELIVERED, BUSY, CLAIMED, DROP, IN_DOUBT, KEEP, DeliveryLedger
+from worker.livewatch import LiveWatch
 from worker.outcome import Outcome
 
 BUSY_RETRY_S = 2.0
@@ -61,11 +62,12 @@ class Limiter(Protocol):
     """What delivery needs from the shared rate limiter (``worker.ratelimit``)."""
 
     def wait_for_slot(self, max_wait_s: float, sleep, lane: str = LIVE,
-                      give_way=None) -> float | None:
+                      give_way=None, nap=None) -> float | None:
         """Sleep until this worker's slot (at most ``max_wait_s``) and return None: send now.
         A number instead: do not send; park the event that many seconds (no retry used).
         ``lane``: a live caller is served before any bulk caller not yet sent. ``give_way``:
-        a bulk caller refused a slot parks at once when it says True."""
+        a bulk caller refused a slot parks at once when it says True; ``nap``: its sleep,
+        cut short (True) when a live event is queued."""
 
     def acquire(self, max_wait_s: float) -> tuple[bool, float]:
         """Take a slot within ``max_wait_s`` (True, seconds to it) or take none (False, seconds
@@ -128,6 +130,10 @@ class Deliverer:
         self.batch_budget_s = max(0.0, settings.visibility_timeout_s - 2 * attempt_s - 5)
         # A batch claim older than this may lapse before the event's attempt ends: claim again.
         self.claim_fresh_s = max(0.0, self.ledger.inflight_ttl_ms / 1000 - attempt_s - 1)
+        # Bulk events asleep in the limiter's line wake when a live event is queued. A test
+        # that passes its own ``sleep`` keeps plain sleeps (no watcher thread).
+        self.live_watch = (LiveWatch(redis_client, self.keys.lane_queue(LIVE))
+                           if sleep is time.sleep else None)
         self.policies = Policies.from_settings(settings)
         self.settler = Settler(self)
         self.failures = Failures(self)
@@ -331,9 +337,10 @@ class Deliverer:
         # A bulk event waiting in line gives its thread up when a live event waits for one
         # (all threads may be holding bulk events): else the live event waits a slot more.
         give_way = self._live_queued if lane == BULK else None
+        nap = self.live_watch.nap if lane == BULK and self.live_watch is not None else None
         return self._redis_call(
             self.limiter.wait_for_slot, self.settings.rate_limit_max_wait_s, self.sleep, lane,
-            give_way,
+            give_way, nap,
         )
 
     def _live_queued(self) -> bool:

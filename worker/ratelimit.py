@@ -278,7 +278,7 @@ class RateLimiter:
         return max(self.limit.interval_s * self.limit.burst / 2, MIN_LATE_TOLERANCE_S)
 
     def wait_for_slot(
-        self, max_wait_s: float, sleep=time.sleep, lane: str = LIVE, give_way=None
+        self, max_wait_s: float, sleep=time.sleep, lane: str = LIVE, give_way=None, nap=None
     ) -> float | None:
         """Take a slot and sleep until it: None means send now; a number means do not send,
         park the event that many seconds (no slot within ``max_wait_s``, or a cool-down began
@@ -295,7 +295,9 @@ class RateLimiter:
         until it wakes: a live caller arriving meanwhile takes it, and the bulk caller, finding
         it gone, asks again. ``give_way`` (bulk): called each time the
         caller is refused; True (a live event waits for a thread) parks the event at once (0 s)
-        instead of sleeping on, so the live event gets this thread without waiting for it."""
+        instead of sleeping on, so the live event gets this thread without waiting for it.
+        ``nap`` (bulk, refused): sleeps in place of ``sleep`` and returns True early when a
+        live event is queued (``worker.livewatch``): the caller gives way at once then too."""
         budget_s = max_wait_s
         while True:
             hold = os.urandom(8).hex() if lane == BULK else ""
@@ -305,7 +307,11 @@ class RateLimiter:
             if not grant.granted and lane == BULK and grant.wait_s < budget_s:
                 if give_way is not None and give_way():
                     return 0.0
-                sleep(grant.wait_s)
+                if nap is not None:
+                    if nap(grant.wait_s):
+                        return 0.0
+                else:
+                    sleep(grant.wait_s)
                 budget_s -= grant.wait_s
                 continue
             if not grant.granted:
