@@ -52,6 +52,7 @@ from worker.livewatch import LiveWatch
 from worker.outcome import Outcome
 
 BUSY_RETRY_S = 2.0
+STORED_MARKER_TTL_S = 60  # how long an outcome write's marker outlives its retries
 
 
 class OutcomeNotStored(Exception):
@@ -298,7 +299,7 @@ class Deliverer:
         if tally is not None:
             self._store(lambda pipe: self.ledger.mark_delivered(pipe, event_id, self.owner),
                         budget_s=self.delivered_budget_s,
-                        transaction=False)
+                        transaction=False, idempotent=True)
             tally.delivered += 1
             tally.by_lane[lane] = tally.by_lane.get(lane, 0) + 1
             tally.latencies_ms.append(result.latency_ms)
@@ -434,19 +435,29 @@ class Deliverer:
 
     def _store(
         self, fill, *, dead_letter: dict | None = None, retries: int = 2,
-        budget_s: float = 0.0, transaction: bool = True,
+        budget_s: float = 0.0, transaction: bool = True, idempotent: bool = False,
     ) -> None:
         """Run one transaction of outcome writes; retry at least ``retries`` times and for
-        ``budget_s`` seconds; else raise OutcomeNotStored."""
+        ``budget_s`` seconds; else raise OutcomeNotStored.
+
+        A write whose reply was lost (Redis stopped right after running it) may have been
+        applied, and its counters would count twice if it ran again. Unless ``idempotent``
+        (ledger writes alone), the write carries a marker key, last in the same transaction or
+        pipeline; a retry that finds the marker knows the earlier try was applied whole."""
         last: Exception | None = None
         deadline = time.monotonic() + budget_s
         attempt = 0
+        marker = None if idempotent else f"{self.keys.prefix}:stored:{uuid.uuid4().hex}"
         while True:
             try:
+                if attempt and marker is not None and self.redis.exists(marker):
+                    return  # applied by an earlier try whose reply was lost
                 with self.redis.pipeline(transaction=transaction) as pipe:
                     if dead_letter is not None:
                         self.dlq.add(dead_letter, pipe)
                     fill(pipe)
+                    if marker is not None:
+                        pipe.set(marker, 1, ex=int(max(STORED_MARKER_TTL_S, budget_s + 60)))
                     pipe.execute()
                 return
             except redis.RedisError as exc:

@@ -120,3 +120,48 @@ def test_outcome_not_stored_when_redis_is_gone(private_redis, namespace, api):
     finally:
         d.http.close()
         client.close()
+
+
+class _ReplyLostOnce:
+    """A Redis client whose first transaction is applied and then loses its reply, as when
+    Redis stops right after running it (a restart mid-run)."""
+
+    def __init__(self, client):
+        self._client = client
+        self.lost = 0
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def pipeline(self, *args, **kwargs):
+        pipe = self._client.pipeline(*args, **kwargs)
+        execute = pipe.execute
+
+        def execute_then_lose_the_reply(*a, **kw):
+            result = execute(*a, **kw)
+            if not self.lost:
+                self.lost += 1
+                raise redis.ConnectionError("Connection closed by server.")
+            return result
+
+        pipe.execute = execute_then_lose_the_reply
+        return pipe
+
+
+def test_a_delivered_event_counts_once_when_the_outcome_reply_is_lost(
+    redis_url, namespace, api, redis_client
+):
+    """The outcome write ran, its reply was lost, the write is retried: the retry finds the
+    write's marker and does not count the delivery again (a Redis restart made a lanes test
+    count 62 bulk deliveries for 60)."""
+    flaky = _ReplyLostOnce(redis_client)
+    d = Deliverer(_settings(redis_url, namespace, api.url), redis_client=flaky,
+                  sleep=lambda s: None)
+    try:
+        assert d.handle(make_envelope(EVENT, "evt-lost-reply")).kind == "delivered"
+    finally:
+        d.http.close()
+    assert flaky.lost == 1, "the reply was never lost: the test proves nothing"
+    counters = _counters(redis_client, namespace)
+    assert counters["delivered"] == 1 and counters["delivered:live"] == 1, counters
+    assert api.delivered_ids() == {"evt-lost-reply": 1}
