@@ -2,7 +2,10 @@
 
 Called with the event's claim held and its send record in the ledger (the evidence):
 
-- ``hold``: dead letter ``in_doubt`` with the evidence; the record goes with it.
+- ``hold``: dead letter ``in_doubt`` with the evidence. The send record stays in the ledger
+  while the entry is in the store: a copy of the message that comes back (the worker died
+  between this write and its ack) finds the entry and is dropped, not sent. ``dlq replay``
+  deletes the record as it re-enqueues the event.
 - ``verify``: look the event up (List Customer Activity, ``worker.activity``). Found: recorded
   as delivered, no resend. Absent once ``VOUCHERIFY_IN_DOUBT_GRACE_S`` has passed since the
   send: resend. Absent sooner: wait for the grace (the record stays, so the next claim is in
@@ -32,7 +35,7 @@ from voucherify_ingest.indoubt import (
 from voucherify_ingest.lanes import BULK
 from worker.activity import ABSENT, FOUND, ActivityLookup
 from worker.backoff import backoff_delay
-from worker.ledger import DROP, KEEP
+from worker.ledger import KEEP, NOTE
 from worker.outcome import Outcome
 
 if TYPE_CHECKING:
@@ -66,6 +69,10 @@ class Settler:
         """``fresh``: this worker's own send just ended in doubt (else a redelivery found the
         record of an earlier one)."""
         log = log.bind(in_doubt_policy=policy, sent_at=record.sent_at, sent_by=record.by)
+        if not fresh and self._already_held(event_id):
+            self.d._store(lambda pipe: self.d.ledger.release(pipe, event_id, self.d.owner, KEEP))
+            log.info("in_doubt", outcome="already_held")
+            return Outcome("dead_lettered", event_id, "in_doubt, already held")
         if policy == RESEND:
             self._count({RESENT: 1})
             log.info("in_doubt", outcome="resend", what=record.what)
@@ -108,6 +115,11 @@ class Settler:
 
     # -- steps --------------------------------------------------------------------------------
 
+    def _already_held(self, event_id: str) -> bool:
+        """The event sits in the dead-letter store, held in doubt: an operator has it."""
+        entry = self.d._redis_call(self.d.dlq.get, event_id)
+        return entry is not None and entry.get("reason") == "in_doubt"
+
     def _take_slot(self) -> None:
         limiter = self.d.limiter
         if limiter is None:
@@ -146,7 +158,7 @@ class Settler:
         )
         self.d._store(
             lambda pipe: (
-                self.d.ledger.release(pipe, event_id, self.d.owner, DROP),
+                self.d.ledger.release(pipe, event_id, self.d.owner, NOTE, record),
                 self.d.stats.record(
                     pipe, {**(counts or {}), counter: 1, "dead_lettered:in_doubt": 1}
                 ),

@@ -13,7 +13,10 @@ failure wins). Every write is one of two Lua scripts, so the four keys always ag
 (or overwrites) an entry; REMOVE takes entries out for replay, purge and retention. REMOVE in
 replay mode pushes each entry's message onto the ingest queue in the same script that deletes
 the entry: an entry leaves the store only with its message on the queue, a replay killed at any
-point loses nothing, and of two replays racing for one entry only the first finds it.
+point loses nothing, and of two replays racing for one entry only the first finds it. A replay
+also deletes each event's in-doubt send record (``{p}:sent:{id}``): an event held in doubt keeps
+that record while it sits here, so a stale copy of its message is not sent again, and the
+operator's replay is what lets it go out.
 
 Pages are read with ``ZRANGE ... BYSCORE [REV] LIMIT`` from a (score, members-seen-at-that-score)
 cursor: O(log N + page) at any depth of a million entries, and ties are neither skipped nor
@@ -79,21 +82,24 @@ redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
 return old and 1 or 0
 """
 
-# KEYS[1] entries  KEYS[2] index  KEYS[3] counts  KEYS[4] ingest queue  KEYS[5..9] reason zsets
-# ARGV[1] mode: 'push' = LPUSH each entry's message, then remove it (replay); 'drop' = remove
-#         (purge, retention); 'orphans' = only clear index members of ids no longer stored
+# KEYS[1] entries  KEYS[2] index  KEYS[3] counts  KEYS[4] ingest queue  KEYS[5..] reason zsets,
+# then (push only) each id's send record {p}:sent:{id}, in the order of the ids
+# ARGV[1] mode: 'push' = LPUSH each entry's message, delete its send record, then remove it
+#         (replay); 'drop' = remove (purge, retention); 'orphans' = only clear index members of
+#         ids no longer stored
 # ARGV[2] highest last-failed score to take ('' = any): an entry that failed again since the
 #         caller read it is left for next time
 # ARGV[3] n   ARGV[4..3+n] ids   ARGV[4+n..3+2n] messages (push only)
 # Returns the ids removed; an id no longer stored (replayed or purged by someone else) is skipped.
 REMOVE_LUA = _META + """
 local REASON_KEY = {""" + ", ".join(f"{r}={5 + i}" for i, r in enumerate(REASONS)) + """}
+local LAST_REASON = """ + str(4 + len(REASONS)) + """
 local mode, top, n, done = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), {}
 local function unindex(id, reason)
   redis.call('ZREM', KEYS[2], id)
   local k = REASON_KEY[reason]
   if k then redis.call('ZREM', KEYS[k], id) return end
-  for j = 5, #KEYS do redis.call('ZREM', KEYS[j], id) end
+  for j = 5, LAST_REASON do redis.call('ZREM', KEYS[j], id) end
 end
 for i = 1, n do
   local id = ARGV[3 + i]
@@ -103,7 +109,10 @@ for i = 1, n do
   elseif mode ~= 'orphans' then
     local score = tonumber(redis.call('ZSCORE', KEYS[2], id))
     if top == nil or score == nil or score <= top then
-      if mode == 'push' then redis.call('LPUSH', KEYS[4], ARGV[3 + n + i]) end
+      if mode == 'push' then
+        redis.call('DEL', KEYS[LAST_REASON + i])
+        redis.call('LPUSH', KEYS[4], ARGV[3 + n + i])
+      end
       redis.call('HDEL', KEYS[1], id)
       local reason, status = meta(raw)
       uncount(KEYS[3], reason, status)
@@ -186,10 +195,12 @@ class DeadLetterStore:
                     queue: str | None = None) -> list[str]:
         if not ids:
             return []
+        push = messages is not None
         done = self._remove(
             keys=[self.keys.dlq_entries, self.keys.dlq_index, self.counts_key,
                   queue or self.keys.queue,
-                  *(self.keys.dlq_reason(r) for r in REASONS)],
+                  *(self.keys.dlq_reason(r) for r in REASONS),
+                  *(self.keys.sent(i) for i in ids if push)],
             args=["push" if messages is not None else mode, "" if top is None else repr(top),
                   len(ids), *ids, *(messages or ())],
         )
