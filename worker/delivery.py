@@ -181,7 +181,7 @@ class Deliverer:
                 ids = [p[1] for p in pending]
                 claims = self._redis_call(self.ledger.claim_many, ids, self.owner)
             for index, (envelope, event_id, payload, attempt) in enumerate(pending):
-                self._ready_token()
+                token_error = self._ready_token()
                 now = time.monotonic()
                 if index and (now - started > self.batch_budget_s or self._live_waiting(
                         pending[index][0])):
@@ -193,7 +193,8 @@ class Deliverer:
                 if claim == CLAIMED and now - claimed_at > self.claim_fresh_s:
                     claim = self._redis_call(self.ledger.claim, event_id, self.owner)
                 outcomes[places[index]] = self._deliver(
-                    envelope, event_id, payload, attempt, claim=claim, tally=tally
+                    envelope, event_id, payload, attempt, claim=claim, tally=tally,
+                    token_error=token_error,
                 )
         finally:
             self._flush(tally)
@@ -219,9 +220,11 @@ class Deliverer:
     def _deliver(
         self, envelope: dict, event_id: str, payload: dict, attempt: int, *,
         claim: int | None = None, tally: _Tally | None = None,
+        token_error: DeliveryError | None = None,
     ) -> Outcome:
         """``claim`` given: the ledger was asked already. ``tally`` given (a batch): the
-        counters of a delivered or duplicate event go to the tally, written at the batch end."""
+        counters of a delivered or duplicate event go to the tally, written at the batch end.
+        ``token_error``: the OAuth token call just before this batch event failed."""
         log = self.log.bind(event_id=event_id, event_name=payload["event"], attempt=attempt + 1)
         if self.settings.log_pii:  # VOUCHERIFY_LOG_PII=1, a debug switch: customer data in logs
             log = log.bind(customer=payload.get("customer"))
@@ -241,6 +244,13 @@ class Deliverer:
                 self.ledger.claim_with_record, event_id, self.owner, sending
             )
             written = sending is not None and claim == CLAIMED
+        elif token_error is not None and claim in (CLAIMED, IN_DOUBT):
+            # A batch event without a token: it is not sent now (the send would call the token
+            # endpoint again, inside the claim, and a slow success could outlast it). The claim
+            # goes, any in-doubt evidence stays, and the error is handled as before a claim.
+            self._store(lambda pipe: self.ledger.release(pipe, event_id, self.owner, KEEP))
+            return self.failures.handle(log, envelope, event_id, payload, attempt + 1,
+                                        token_error)
         elif claim == IN_DOUBT:
             record = self._redis_call(self.ledger.send_record, event_id)
         if claim == ALREADY_DELIVERED:
@@ -324,14 +334,15 @@ class Deliverer:
         )
         return Outcome("delivered", event_id)
 
-    def _ready_token(self) -> None:
+    def _ready_token(self) -> DeliveryError | None:
         """A batch's events are claimed together: get an OAuth token before the claim's age is
-        checked (and refreshed), so a slow token call does not eat into it. A failure here is
-        met again, and handled, when the event is sent."""
+        checked (and refreshed), so a slow token call does not eat into it. A failure is
+        returned: the event is then handled as a failed send, without sending."""
         try:
             self.http.ready_token()
-        except DeliveryError:
-            pass
+        except DeliveryError as exc:
+            return exc
+        return None
 
     def _take_slot(self, lane: str = LIVE) -> float | None:
         """Wait for a rate-limit slot: None when it is ours, else seconds to park the event."""

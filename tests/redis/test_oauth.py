@@ -249,3 +249,71 @@ def test_a_slow_token_call_does_not_let_a_second_worker_send_the_same_event(
         second.http.close()
     assert api.delivered_ids() == {"evt-slow-token": 1}, outcomes
     assert sorted(outcomes.values()) == ["delivered", "duplicate"], outcomes
+
+
+class _FailsThenSlow:
+    """A TokenSource whose first ``token()`` fails (the token endpoint answered 503) and whose
+    second takes ``delay_s``: a token endpoint failing and recovering within seconds."""
+
+    def __init__(self, source: TokenSource, delay_s: float):
+        self.source, self.delay_s, self.calls = source, delay_s, 0
+        self.slow_started = threading.Event()
+
+    def token(self) -> str:
+        from voucherify_ingest.errors import RetryableDelivery
+
+        self.calls += 1
+        if self.calls == 1:
+            raise RetryableDelivery("OAuth token call failed: HTTP 503", status=503)
+        if self.calls == 2:
+            self.slow_started.set()
+            threading.Event().wait(self.delay_s)  # the slow call itself, not a settle wait
+        return self.source.token()
+
+    def refresh_after_rejection(self, rejected: str) -> str:
+        return self.source.refresh_after_rejection(rejected)
+
+    def close(self) -> None:
+        self.source.close()
+
+
+def test_a_batch_event_whose_token_call_failed_is_not_sent_inside_its_claim(
+    redis_url, redis_client, namespace, api
+):
+    """In a batch message the events are claimed together and the token is got before each
+    event. When that token call failed, the event used to be sent anyway, and the send called
+    the token endpoint again inside the claim: a slow success there outlasted the claim, a
+    second worker handed the same message found the send record and held the event in doubt
+    while the first delivered it (delivered and dead-lettered both). Now the event is handled
+    as a failed send (a retry), not sent, and its claim released."""
+    from voucherify_ingest.deadletters import DeadLetterStore
+    from voucherify_ingest.messages import make_envelope
+    from worker.delivery import Deliverer
+
+    settings = _settings(redis_url, namespace, api.url)
+    flaky = _FailsThenSlow(TokenSource(settings, redis_client), delay_s=0.9)
+    first = Deliverer(settings, redis_client=redis_client,
+                      http=VoucherifyClient(settings, tokens=flaky))
+    second = Deliverer(settings, redis_client=redis_client,
+                       http=VoucherifyClient(settings, tokens=TokenSource(settings, redis_client)))
+    for deliverer in (first, second):
+        deliverer.ledger.inflight_ttl_ms = 300  # one attempt's bound, cut short
+    envelope = make_envelope(EVENT, "evt-batch-token")
+    outcomes: dict[str, object] = {}
+    worker = threading.Thread(
+        target=lambda: outcomes.update(first=[o.kind for o in first.handle_batch([envelope])]))
+    try:
+        worker.start()
+        worker.join(0.5)  # ends at once now; before the fix it sat in the slow token call
+        inflight = f"{namespace}:inflight:evt-batch-token"
+        wait_for(lambda: not redis_client.exists(inflight), timeout=5, what="no live claim")
+        outcomes["second"] = second.handle(envelope).kind
+        worker.join(10)
+    finally:
+        first.http.close()
+        second.http.close()
+    dead = DeadLetterStore(redis_client, Keys.from_settings(settings)).get("evt-batch-token")
+    assert dead is None, f"dead-lettered ({dead and dead['reason']}) while delivered: {outcomes}"
+    assert api.delivered_ids() == {"evt-batch-token": 1}, outcomes
+    assert outcomes == {"first": ["retry"], "second": "delivered"}, outcomes
+    assert not flaky.slow_started.is_set(), "the token endpoint was called again for the event"
