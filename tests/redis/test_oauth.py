@@ -190,15 +190,22 @@ def test_an_api_rejecting_every_token_does_not_burn_the_token_cap(
 
 
 class _SlowFirstToken:
-    """A TokenSource whose first ``token()`` takes ``delay_s`` (a slow token call, or a wait for
-    another worker's fetch), then behaves as the real one."""
+    """A TokenSource whose first ``failures`` calls of ``token()`` fail (the token endpoint
+    answered 503) and whose next one takes ``delay_s`` (a slow token call, or a wait for another
+    worker's fetch); otherwise the real one."""
 
-    def __init__(self, source: TokenSource, delay_s: float):
-        self.source, self.delay_s = source, delay_s
+    def __init__(self, source: TokenSource, delay_s: float, *, failures: int = 0):
+        self.source, self.delay_s, self.failures = source, delay_s, failures
+        self.calls = 0
         self.started = threading.Event()
 
     def token(self) -> str:
-        if not self.started.is_set():
+        from voucherify_ingest.errors import RetryableDelivery
+
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise RetryableDelivery("OAuth token call failed: HTTP 503", status=503)
+        if self.calls == self.failures + 1:
             self.started.set()
             threading.Event().wait(self.delay_s)  # the slow call itself, not a settle wait
         return self.source.token()
@@ -251,32 +258,6 @@ def test_a_slow_token_call_does_not_let_a_second_worker_send_the_same_event(
     assert sorted(outcomes.values()) == ["delivered", "duplicate"], outcomes
 
 
-class _FailsThenSlow:
-    """A TokenSource whose first ``token()`` fails (the token endpoint answered 503) and whose
-    second takes ``delay_s``: a token endpoint failing and recovering within seconds."""
-
-    def __init__(self, source: TokenSource, delay_s: float):
-        self.source, self.delay_s, self.calls = source, delay_s, 0
-        self.slow_started = threading.Event()
-
-    def token(self) -> str:
-        from voucherify_ingest.errors import RetryableDelivery
-
-        self.calls += 1
-        if self.calls == 1:
-            raise RetryableDelivery("OAuth token call failed: HTTP 503", status=503)
-        if self.calls == 2:
-            self.slow_started.set()
-            threading.Event().wait(self.delay_s)  # the slow call itself, not a settle wait
-        return self.source.token()
-
-    def refresh_after_rejection(self, rejected: str) -> str:
-        return self.source.refresh_after_rejection(rejected)
-
-    def close(self) -> None:
-        self.source.close()
-
-
 def test_a_batch_event_whose_token_call_failed_is_not_sent_inside_its_claim(
     redis_url, redis_client, namespace, api
 ):
@@ -291,7 +272,7 @@ def test_a_batch_event_whose_token_call_failed_is_not_sent_inside_its_claim(
     from worker.delivery import Deliverer
 
     settings = _settings(redis_url, namespace, api.url)
-    flaky = _FailsThenSlow(TokenSource(settings, redis_client), delay_s=0.9)
+    flaky = _SlowFirstToken(TokenSource(settings, redis_client), delay_s=0.9, failures=1)
     first = Deliverer(settings, redis_client=redis_client,
                       http=VoucherifyClient(settings, tokens=flaky))
     second = Deliverer(settings, redis_client=redis_client,
@@ -316,4 +297,4 @@ def test_a_batch_event_whose_token_call_failed_is_not_sent_inside_its_claim(
     assert dead is None, f"dead-lettered ({dead and dead['reason']}) while delivered: {outcomes}"
     assert api.delivered_ids() == {"evt-batch-token": 1}, outcomes
     assert outcomes == {"first": ["retry"], "second": "delivered"}, outcomes
-    assert not flaky.slow_started.is_set(), "the token endpoint was called again for the event"
+    assert not flaky.started.is_set(), "the token endpoint was called again for the event"
