@@ -126,7 +126,8 @@ def credentials_refused(exc: BaseException) -> bool:
 
 def describe_redis_failure(url: str, exc: BaseException) -> str:
     """One sentence for a Redis failure, naming the URL without its password: "refused the
-    credentials" when Redis answered no to them, else "did not answer"."""
+    credentials" when Redis answered no to them, "still loading" when it is restarting, else
+    "did not answer"."""
     detail = type(exc).__name__
     text = str(exc)
     if text and "@" not in text:
@@ -134,6 +135,9 @@ def describe_redis_failure(url: str, exc: BaseException) -> str:
     if credentials_refused(exc):
         return (f"Redis at {redact_url(url)} refused the credentials in REDIS_URL ({detail}); "
                 "check the password (and user) in REDIS_URL")
+    if isinstance(exc, redis.BusyLoadingError):
+        return (f"Redis at {redact_url(url)} is still loading its data after a restart "
+                f"({detail}); it accepts commands once loaded")
     return f"Redis at {redact_url(url)} did not answer ({detail})"
 
 

@@ -482,8 +482,9 @@ class RedisServer:
             args += ["--maxmemory-policy", self.maxmemory_policy]
         return args + self.extra_args
 
-    def start(self) -> RedisServer:
-        """Start (or start again after ``kill()``) and wait until PING answers."""
+    def start(self, *, loading_ok: bool = False) -> RedisServer:
+        """Start (or start again after ``kill()``) and wait until PING answers (with
+        ``loading_ok``: or answers ``LOADING``, the server is up and reading its data)."""
         if self.is_running():
             raise RedisServerError(f"already running (pid {self.pid})")
         binary = self.binary
@@ -504,7 +505,7 @@ class RedisServer:
             if fresh:
                 self._port = _free_port()
             try:
-                self._spawn_and_wait()
+                self._spawn_and_wait(loading_ok)
                 return self
             except RedisServerError as exc:
                 port_race = "Address already in use" in str(exc)
@@ -514,7 +515,7 @@ class RedisServer:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _spawn_and_wait(self) -> None:
+    def _spawn_and_wait(self, loading_ok: bool = False) -> None:
         state = self._state
         assert state is not None
         with open(state.dir / "stdout.log", "ab") as out:
@@ -549,9 +550,13 @@ class RedisServer:
                     c.close()
             except redis.AuthenticationError:
                 raise
+            except redis.BusyLoadingError as exc:  # up, reading its data (a ConnectionError)
+                if loading_ok:
+                    return
+                last_err = exc
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 last_err = exc
-            except redis.ResponseError as exc:  # e.g. LOADING
+            except redis.ResponseError as exc:
                 last_err = exc
             if time.monotonic() >= deadline:
                 self._kill_proc()
@@ -619,6 +624,43 @@ class RedisServer:
         if down_s > 0:
             time.sleep(down_s)
         return self.start()
+
+    def restart_loading(self, *, keys: int = 20_000, key_load_delay_us: int = 200) -> RedisServer:
+        """Restart into Redis's ``LOADING`` state and return while it lasts (about ``keys *
+        key_load_delay_us``; :meth:`is_loading` tells when it ends). The server is filled with
+        ``keys`` throwaway keys, saved to its RDB, and restarted with ``key-load-delay``, the knob
+        Redis's own test suite uses to hold a server loading. No AOF (it would be loaded instead).
+        """
+        if self.appendonly:
+            raise RedisServerError("restart_loading needs appendonly=False")
+        client = self.client()
+        try:
+            with client.pipeline(transaction=False) as pipe:
+                for start in range(0, keys, 1000):
+                    pipe.mset({f"loading-filler:{i}": "x"
+                               for i in range(start, min(keys, start + 1000))})
+                pipe.execute()
+            client.save()
+        finally:
+            client.close()
+        self._terminate_proc()  # no save points configured: the RDB just written stays
+        knobs = ["--key-load-delay", str(key_load_delay_us),
+                 "--loading-process-events-interval-bytes", "1024"]
+        self.extra_args += knobs
+        try:
+            return self.start(loading_ok=True)
+        finally:
+            del self.extra_args[-len(knobs):]  # a later restart loads at full speed
+
+    def is_loading(self) -> bool:
+        client = self.client(socket_timeout=2.0, retry=no_retry())
+        try:
+            client.ping()
+            return False
+        except redis.BusyLoadingError:
+            return True
+        finally:
+            client.close()
 
     def log_tail(self, limit: int = LOG_TAIL_CHARS) -> str:
         if self._state is None:

@@ -59,8 +59,8 @@ def wait_for_redis(
             log.error(
                 "redis_unreachable", redis=settings.safe_redis_url, attempt=attempt,
                 error=type(exc).__name__, retry_in_s=delay,
-                detail=f"Redis at {settings.safe_redis_url} did not answer; the worker keeps "
-                       "retrying and starts once it does",
+                detail=f"{describe_redis_failure(settings.redis_url, exc)}; the worker keeps "
+                       "retrying and starts once it answers",
             )
             sleep(delay)
             continue
