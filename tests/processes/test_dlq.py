@@ -239,6 +239,17 @@ def test_replay_by_id_and_entries_failing_again_during_a_replay_wait(dlq, redis_
     assert _ids(dlq.list().entries) == ["ev-00099"]
 
 
+def test_an_entry_stamped_in_the_millisecond_of_a_replay_is_replayed(dlq):
+    """A replay takes what failed up to its start. An entry written in the same millisecond
+    (0.6 ms into it) was stamped 0.4 ms after that start when stamps were rounded to the nearest
+    millisecond, and was left behind: one CI run's replay right after an add moved nothing."""
+    moment = 1_800_000_000.0006
+    dlq.add(make_entry(event_id="ev-same-ms", payload={"event": "e"}, reason="rejected",
+                       error={"message": "no"}, attempts=1, now_s=moment))
+    assert dlq.replay(until=moment).replayed == 1
+    assert dlq.count() == 0
+
+
 def test_two_replays_at_once_never_enqueue_one_entry_twice(redis_server, dlq, redis_client, keys):
     _seed(dlq, [_entry(n, at=T0 + n // 10) for n in range(3000)])  # ties, too
     results, errors = [], []
