@@ -20,7 +20,7 @@ from tests.bench import BenchContext, Row, format_table
 
 MODULES = [
     "enqueue", "drain", "throughput", "ratelimit", "lanes", "dlq", "serve", "spool", "memory",
-    "dashboard", "replica_wait", "indoubt",
+    "dashboard", "replica_wait", "indoubt", "cli",
 ]
 
 
