@@ -307,9 +307,8 @@ class Deliverer:
         # measured (``answer_to_ledger_ms`` on the log line).
         answered = time.perf_counter()
         if tally is not None:
-            self._store(lambda pipe: self.ledger.mark_delivered(pipe, event_id, self.owner),
-                        budget_s=self.delivered_budget_s,
-                        transaction=False, idempotent=True)
+            self._store(lambda client: self.ledger.mark_delivered(client, event_id, self.owner),
+                        budget_s=self.delivered_budget_s, direct=True)
             tally.delivered += 1
             tally.by_lane[lane] = tally.by_lane.get(lane, 0) + 1
             tally.latencies_ms.append(result.latency_ms)
@@ -446,24 +445,29 @@ class Deliverer:
 
     def _store(
         self, fill, *, dead_letter: dict | None = None, retries: int = 2,
-        budget_s: float = 0.0, transaction: bool = True, idempotent: bool = False,
+        budget_s: float = 0.0, direct: bool = False,
     ) -> None:
         """Run one transaction of outcome writes; retry at least ``retries`` times and for
         ``budget_s`` seconds; else raise OutcomeNotStored.
 
         A write whose reply was lost (Redis stopped right after running it) may have been
-        applied, and its counters would count twice if it ran again. Unless ``idempotent``
-        (ledger writes alone), the write carries a marker key, last in the same transaction or
-        pipeline; a retry that finds the marker knows the earlier try was applied whole."""
+        applied, and its counters would count twice if it ran again. So the write carries a
+        marker key, last in the same transaction; a retry that finds the marker knows the
+        earlier try was applied whole. ``direct``: ``fill`` sends one idempotent command on the
+        client itself (a ledger script: one EVALSHA, where a pipeline holding a script costs a
+        ``SCRIPT EXISTS`` round trip first), no marker needed."""
         last: Exception | None = None
         deadline = time.monotonic() + budget_s
         attempt = 0
-        marker = None if idempotent else f"{self.keys.prefix}:stored:{uuid.uuid4().hex}"
+        marker = None if direct else f"{self.keys.prefix}:stored:{uuid.uuid4().hex}"
         while True:
             try:
                 if attempt and marker is not None and self.redis.exists(marker):
                     return  # applied by an earlier try whose reply was lost
-                with self.redis.pipeline(transaction=transaction) as pipe:
+                if direct:
+                    fill(self.redis)
+                    return
+                with self.redis.pipeline() as pipe:
                     if dead_letter is not None:
                         self.dlq.add(dead_letter, pipe)
                     fill(pipe)
