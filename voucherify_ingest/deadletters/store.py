@@ -201,7 +201,7 @@ class DeadLetterStore:
                   queue or self.keys.queue,
                   *(self.keys.dlq_reason(r) for r in REASONS),
                   *(self.keys.sent(i) for i in ids if push)],
-            args=["push" if messages is not None else mode, "" if top is None else repr(top),
+            args=["push" if push else mode, "" if top is None else repr(top),
                   len(ids), *ids, *(messages or ())],
         )
         return [d.decode() for d in done]
